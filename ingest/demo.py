@@ -1,0 +1,87 @@
+"""`codex-langfuse demo`: the whole pipeline on one machine, in under a minute.
+
+Starts a redis-server of its own (127.0.0.1, a free port, a temporary directory), a dispatcher
+and a worker as separate processes (as the Procfile runs them), feeds a recorded Codex run
+through `codex-langfuse tee`, waits until the trace is delivered, shows it, and stops every
+process it started by its pid. With Langfuse keys in the environment the trace goes to
+Langfuse; without, to the local sink, which `codex-langfuse show` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from ingest import connections
+from ingest.local_redis import LocalRedis
+from ingest.observations import trace_id
+from ingest.settings import Settings
+from ingest.show import render_trace
+
+RECORDED_RUN = Path(__file__).parent / "demo" / "codex_0.169.0_full.jsonl"
+PROMPT = "Make a plan, run a command, create hello.txt and search the web"
+
+
+def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5-codex", timeout: float = 60.0) -> int:
+    fixture_path = Path(fixture) if fixture else RECORDED_RUN
+    server = LocalRedis().start()
+    spool = tempfile.mkdtemp(prefix="codex-langfuse-demo-spool-")
+    env = {**os.environ, "REDIS_URL": server.url, "CODEX_LANGFUSE_SPOOL_DIR": spool}
+    command = [sys.executable, "-m", "producer.cli"]
+    processes: list[subprocess.Popen] = []
+    run_id = f"demo-{uuid.uuid4()}"
+    try:
+        print(f"redis-server on {server.url} (pid {server.proc.pid if server.proc else '?'})", file=sys.stderr)
+        for role in ("dispatch", "worker"):
+            processes.append(subprocess.Popen([*command, role], env=env))
+        with open(fixture_path, "rb") as stdin:
+            subprocess.run([*command, "tee", "--run-id", run_id, "--model", model, "--name", "codex demo",
+                            "--tag", "demo", "--metadata", f"fixture={fixture_path.name}",
+                            "--metadata", f"prompt_note={PROMPT}"],
+                           stdin=stdin, stdout=subprocess.DEVNULL, env=env, check=True)
+        delivered = wait_delivered(settings.model_copy(update={"redis_url": server.url}), run_id, timeout)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        server.close()
+    if not delivered:
+        print(f"the trace of run {run_id} was not delivered within {timeout:.0f} s", file=sys.stderr)
+        return 1
+    trace = trace_id(run_id)
+    print(f"\nrun {run_id} -> trace {trace}")
+    if settings.langfuse_enabled:
+        print(f"sent to Langfuse: {settings.langfuse_base_url.rstrip('/')}/trace/{trace}")
+    else:
+        print(f"written to the local sink {settings.sink_dir / trace}\n")
+        print(render_trace(settings.sink_dir, run_id))
+        print(f"\nsee it again with: codex-langfuse show {run_id}")
+    return 0
+
+
+def wait_delivered(settings: Settings, run_id: str, timeout: float) -> bool:
+    """True once the run is closed and nothing of it waits in the pipeline."""
+    connection = connections.redis_client(settings)
+    keys = connections.keys(settings)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = connection.get(keys.state(run_id))
+            closed = state is not None and b'"closed":true' in state
+            if closed and not connection.hlen(keys.outbox(run_id)) and connection.zscore(keys.backlog, run_id) is None:
+                return True
+        except redis.RedisError:
+            pass
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,96 @@
+"""Stream entries as the ingest side reads them (the format is in README, "Stream entry format").
+
+The dispatcher turns each stream entry into an `Entry` and files it in its run's log; workers
+read entries back from there. `pack`/`unpack` is the compact JSON kept in the run log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+KINDS = ("start", "line", "meta", "score", "end")
+
+
+class InvalidEntry(ValueError):
+    """A stream entry that cannot be filed under a run (no usable run id or sequence number)."""
+
+
+class Entry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run: str
+    seq: int
+    ts: int  # microseconds since the epoch, when the producer read the line
+    kind: str
+    data: str = ""
+    binary: bool = False  # the line was not valid UTF-8 (decoded with replacement characters)
+    trunc: int | None = None  # original length in bytes when the producer cut the line
+
+    @field_validator("run")
+    @classmethod
+    def _run_id(cls, value: str) -> str:
+        if not RUN_ID.match(value):
+            raise ValueError("run id must be 1-128 characters of [A-Za-z0-9._:-]")
+        return value
+
+    @field_validator("seq")
+    @classmethod
+    def _seq(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("seq must be >= 0")
+        return value
+
+    @classmethod
+    def from_stream(cls, fields: dict[bytes, bytes]) -> "Entry":
+        def text(name: str) -> str | None:
+            raw = fields.get(name.encode())
+            return None if raw is None else raw.decode("utf-8", "replace")
+
+        raw_data = fields.get(b"data", b"")
+        try:
+            data = raw_data.decode("utf-8")
+            binary = False
+        except UnicodeDecodeError:
+            data = raw_data.decode("utf-8", "replace")
+            binary = True
+        try:
+            return cls(
+                run=text("run") or "",
+                seq=int(text("seq") or ""),
+                ts=int(float(text("ts") or "")),
+                kind=text("kind") or "",
+                data=data,
+                binary=binary,
+                trunc=int(text("trunc")) if text("trunc") else None,
+            )
+        except (ValueError, ValidationError) as exc:
+            raise InvalidEntry(str(exc).splitlines()[0]) from None
+
+    def pack(self) -> str:
+        body: dict[str, Any] = {"t": self.ts, "k": self.kind, "d": self.data}
+        if self.binary:
+            body["b"] = 1
+        if self.trunc is not None:
+            body["x"] = self.trunc
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def unpack(cls, run: str, seq: int, packed: str | bytes) -> "Entry":
+        body = json.loads(packed)
+        return cls(
+            run=run, seq=seq, ts=body["t"], kind=body["k"], data=body["d"],
+            binary=bool(body.get("b")), trunc=body.get("x"),
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON object of a start/meta/score/end entry; {} when it is not one."""
+        try:
+            value = json.loads(self.data) if self.data else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}

@@ -1,0 +1,490 @@
+"""Folding a run's entries into Langfuse observations: pure, no I/O.
+
+`fold(state, entries, context)` applies entries (in sequence order) to a `RunState` and returns
+the new state with every observation and score that became complete. A worker persists the
+state between calls, so a run can be folded in any number of steps by any number of workers
+and yields the same observations as folding it at once.
+
+The run's root `agent` observation and the derived scores complete when the run closes: on
+its `end` entry, or through `close()` when the producer stopped reporting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from pydantic import BaseModel
+
+from ingest import current_format, legacy_format
+from ingest.entries import Entry
+from ingest.events import Format, Usage, parse_line
+from ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id, trace_id
+from ingest.pricing import PriceTable, usage_buckets
+
+MAX_TRACKED_PATHS = 1000
+
+
+@dataclass(frozen=True)
+class FoldContext:
+    """What folding needs from outside, passed in so folding stays pure."""
+
+    prices: PriceTable | None = None
+    # Thread-cumulative usage recorded by earlier runs of a thread (Codex >= 0.98 reports
+    # usage cumulated over the whole thread, so a resumed run must subtract it).
+    thread_baseline: Callable[[str], Usage | None] = lambda thread_id: None
+    trace_name: str = "codex exec"
+    environment: str | None = None
+    max_output_chars: int = 8000
+
+
+@dataclass
+class FoldResult:
+    state: "RunState"
+    observations: list[Observation] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+    # thread id -> cumulative usage to remember for later resumes of that thread
+    thread_totals: dict[str, Usage] = field(default_factory=dict)
+
+
+class OpenItem(BaseModel):
+    started_us: int
+    item: dict[str, Any]
+
+
+class HeldError(BaseModel):
+    at_us: int
+    seq: int
+    message: str
+
+
+class Counters(BaseModel):
+    commands: int = 0
+    failed_commands: int = 0
+    file_changes: int = 0
+    mcp_calls: int = 0
+    web_searches: int = 0
+    subagent_calls: int = 0
+    agent_messages: int = 0
+    errors: int = 0
+    warnings: int = 0
+    invalid_lines: int = 0
+    unknown_events: int = 0
+    truncated_lines: int = 0
+    late_entries: int = 0
+    lost_entries: int = 0
+
+
+class RunState(BaseModel):
+    """Everything a later fold step needs; stored as JSON between steps."""
+
+    run_id: str
+    next_seq: int = 0
+    meta: dict[str, Any] = {}
+    started_us: int | None = None
+    last_us: int | None = None
+    format: Format | None = None
+    stream_model: str | None = None  # the model named by the stream itself (legacy header)
+    thread_id: str | None = None
+    turns: int = 0
+    turn_started_us: int | None = None
+    turn_open: bool = False
+    turn_message: str | None = None
+    final_message: str | None = None
+    open_items: dict[str, OpenItem] = {}
+    plans: dict[str, list[dict[str, Any]]] = {}
+    held_error: HeldError | None = None
+    outcome: str | None = None  # completed | failed | aborted
+    failure: str | None = None
+    usage: Usage = Usage()
+    thread_seen: Usage | None = None  # last cumulative thread usage this run knows of
+    baseline_loaded: bool = False
+    requests: int = 0  # legacy: model requests seen
+    request_started_us: int | None = None
+    legacy_total: dict[str, int] | None = None
+    counters: Counters = Counters()
+    files: list[str] = []
+    end: dict[str, Any] | None = None
+    closed: bool = False
+    gap_since: float | None = None  # worker clock: when the next entry was first found missing
+
+    @property
+    def trace_id(self) -> str:
+        return trace_id(self.run_id)
+
+
+def new_state(run_id: str) -> RunState:
+    return RunState(run_id=run_id)
+
+
+class Folder:
+    """One fold step: the state being advanced and what became complete."""
+
+    def __init__(self, state: RunState, context: FoldContext):
+        self.state = state
+        self.ctx = context
+        self.result = FoldResult(state=state)
+
+    # ---- identity and trace attributes ----
+
+    def oid(self, key: str) -> str:
+        return observation_id(self.state.run_id, key)
+
+    @property
+    def root_id(self) -> str:
+        return self.oid("root")
+
+    @property
+    def model(self) -> str | None:
+        return self.state.meta.get("model") or self.state.stream_model
+
+    def trace(self, final: bool = False) -> TraceAttributes:
+        meta = self.state.meta
+        metadata: dict[str, Any] = {"run_id": self.state.run_id}
+        for key in ("codex_version", "cwd", "repository", "branch", "producer"):
+            if meta.get(key):
+                metadata[key] = meta[key]
+        if self.model:
+            metadata["model"] = self.model
+        if self.state.thread_id:
+            metadata["thread_id"] = self.state.thread_id
+        if isinstance(meta.get("metadata"), dict):
+            metadata.update(meta["metadata"])
+        if final and self.state.end is not None:
+            metadata["exit_code"] = self.state.end.get("exit_code")
+            if self.state.end.get("signal") is not None:
+                metadata["signal"] = self.state.end.get("signal")
+        tags = meta.get("tags") or ()
+        return TraceAttributes(
+            name=str(meta.get("name") or self.ctx.trace_name),
+            user_id=meta.get("user_id"),
+            session_id=meta.get("session_id") or self.state.thread_id,
+            tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (),
+            environment=meta.get("environment") or self.ctx.environment,
+            release=meta.get("codex_version"),
+            metadata=metadata,
+        )
+
+    # ---- emitting ----
+
+    def emit(self, key: str, type_: str, name: str, start_us: int, end_us: int, **fields: Any) -> None:
+        self.result.observations.append(
+            Observation(
+                id=self.oid(key),
+                trace_id=self.state.trace_id,
+                parent_id=fields.pop("parent_id", self.root_id),
+                type=type_,
+                name=name,
+                start_us=start_us,
+                end_us=max(end_us, start_us),
+                trace=fields.pop("trace", None) or self.trace(),
+                **fields,
+            )
+        )
+
+    def event(self, key: str, name: str, at_us: int, **fields: Any) -> None:
+        self.emit(key, "event", name, at_us, at_us, **fields)
+
+    def warning(self, key: str, name: str, at_us: int, message: str, **fields: Any) -> None:
+        self.state.counters.warnings += 1
+        self.event(key, name, at_us, level="WARNING", status_message=message, **fields)
+
+    def score(self, name: str, value: float | str, data_type: str, at_us: int, comment: str | None = None,
+              metadata: dict[str, Any] | None = None) -> None:
+        self.result.scores.append(
+            Score(
+                id=score_id(self.state.trace_id, name),
+                trace_id=self.state.trace_id,
+                name=name,
+                value=value,
+                data_type=data_type,
+                timestamp_us=at_us,
+                comment=comment,
+                environment=self.trace().environment,
+                metadata=metadata or {},
+            )
+        )
+
+    def capped(self, text: str) -> str:
+        """Head and tail of a long output: the end of a command's output is where errors are."""
+        limit = self.ctx.max_output_chars
+        if limit <= 0 or len(text) <= limit:
+            return text
+        head = limit * 2 // 3
+        tail = limit - head
+        return f"{text[:head]}\n…[{len(text) - limit} characters cut]…\n{text[-tail:]}"
+
+    def track_files(self, paths: Iterable[str]) -> None:
+        known = set(self.state.files)
+        for path in paths:
+            if path and path not in known and len(self.state.files) < MAX_TRACKED_PATHS:
+                self.state.files.append(path)
+                known.add(path)
+
+    # ---- errors are held until the next line tells whether the turn failed ----
+
+    def hold_error(self, at_us: int, seq: int, message: str) -> None:
+        self.release_error()
+        self.state.held_error = HeldError(at_us=at_us, seq=seq, message=message)
+
+    def release_error(self, fatal: bool = False) -> None:
+        held = self.state.held_error
+        if held is None:
+            return
+        self.state.held_error = None
+        level = "ERROR" if fatal else "WARNING"
+        if fatal:
+            self.state.counters.errors += 1
+        else:
+            self.state.counters.warnings += 1
+        self.event(f"error/{held.seq}", "error", held.at_us, output=held.message, level=level,
+                   status_message=_first_line(held.message))
+
+    # ---- generations ----
+
+    def generation(self, key: str, name: str, start_us: int, end_us: int, usage: Usage | None,
+                   request_input_tokens: int | None = None, **fields: Any) -> None:
+        """`request_input_tokens`: input of the largest single model request, when known; it
+        decides a long-context price tier. A turn's usage sums many requests, so None there."""
+        metadata = dict(fields.pop("metadata", {}) or {})
+        usage_details = cost_details = None
+        model = self.model
+        if usage is not None:
+            usage_details = usage_buckets(
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_output_tokens=usage.reasoning_output_tokens,
+                cache_write_input_tokens=usage.cache_write_input_tokens,
+            )
+            self.state.usage = self.state.usage.plus(usage)
+            price = None
+            if self.ctx.prices is not None and model:
+                price = self.ctx.prices.price(
+                    model, usage_details, service_tier=self.state.meta.get("service_tier"),
+                    # Unknown request sizes: price at the standard tier rather than take a turn's
+                    # sum of many requests for one long-context request.
+                    request_input_tokens=request_input_tokens if request_input_tokens is not None else 0,
+                )
+            if price is not None:
+                cost_details = price.cost_details
+                metadata.update(pricing_source=price.source, pricing_model=price.model,
+                                pricing_tier=price.tier, pricing_version=price.table_version)
+            else:
+                metadata["pricing_source"] = "none: model unknown or not priced; Langfuse may infer"
+        if model is None:
+            metadata["model_note"] = "Codex does not print the model; pass --model to price this run"
+        self.emit(key, "generation", name, start_us, end_us, model=model, usage_details=usage_details,
+                  cost_details=cost_details, metadata=metadata, **fields)
+
+    # ---- entries ----
+
+    def apply(self, entry: Entry) -> None:
+        state = self.state
+        if entry.seq < state.next_seq:
+            return  # already folded (a redelivered entry)
+        state.next_seq = entry.seq + 1
+        if state.closed:
+            if entry.kind == "score":
+                self.apply_score(entry)
+            else:
+                state.counters.late_entries += 1
+            return
+        if state.started_us is None:
+            state.started_us = entry.ts
+        state.last_us = max(state.last_us or entry.ts, entry.ts)
+        if entry.kind in ("start", "meta"):
+            self.apply_meta(entry.payload())
+        elif entry.kind == "line":
+            self.apply_line(entry)
+        elif entry.kind == "score":
+            self.apply_score(entry)
+        elif entry.kind == "end":
+            payload = entry.payload()
+            state.end = {
+                "exit_code": payload.get("exit_code"),
+                "signal": payload.get("signal"),
+                "reason": payload.get("reason") or "exited",
+            }
+            self.close(entry.ts)
+        else:
+            self.warning(f"entry/{entry.seq}", "unknown_entry", entry.ts, f"unknown entry kind {entry.kind!r}",
+                         output=entry.data[:2000])
+
+    def apply_meta(self, payload: dict[str, Any]) -> None:
+        meta = self.state.meta
+        for key, value in payload.items():
+            if value is None:
+                continue
+            if key == "metadata" and isinstance(value, dict):
+                meta["metadata"] = {**(meta.get("metadata") or {}), **value}
+            elif key == "tags" and isinstance(value, list):
+                meta["tags"] = list(dict.fromkeys([*(meta.get("tags") or []), *map(str, value)]))
+            else:
+                meta[key] = value
+
+    def apply_score(self, entry: Entry) -> None:
+        payload = entry.payload()
+        name, value = payload.get("name"), payload.get("value")
+        if not isinstance(name, str) or not name or value is None:
+            self.state.counters.invalid_lines += 1
+            return
+        data_type = payload.get("data_type")
+        if data_type not in ("NUMERIC", "BOOLEAN", "CATEGORICAL", "TEXT"):
+            if isinstance(value, bool):
+                data_type = "BOOLEAN"
+            elif isinstance(value, (int, float)):
+                data_type = "NUMERIC"
+            else:
+                data_type = "CATEGORICAL"
+        if data_type in ("NUMERIC", "BOOLEAN"):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                self.state.counters.invalid_lines += 1
+                return
+            if not math.isfinite(value):
+                self.state.counters.invalid_lines += 1
+                return
+        else:
+            value = str(value)
+        self.score(name, value, data_type, entry.ts, comment=payload.get("comment"),
+                   metadata={"source": "producer"})
+
+    def apply_line(self, entry: Entry) -> None:
+        state = self.state
+        if entry.trunc is not None:
+            state.counters.truncated_lines += 1
+        line = parse_line(entry.data)
+        if line.obj is None or entry.binary:
+            if entry.trunc is not None:
+                problem = f"line cut by the producer at {len(entry.data.encode())} of {entry.trunc} bytes"
+            elif entry.binary:
+                problem = "not valid UTF-8"
+            else:
+                problem = line.problem or "unreadable"
+            state.counters.invalid_lines += 1
+            self.release_error()
+            self.warning(f"line/{entry.seq}", "invalid_line", entry.ts, problem, output=entry.data[:2000],
+                         metadata={"seq": entry.seq, "bytes": entry.trunc or len(entry.data.encode())})
+            return
+        if state.format is None and line.format in (Format.CURRENT, Format.LEGACY, Format.EXPERIMENTAL):
+            state.format = line.format
+        if line.format is Format.CURRENT or line.format is Format.EXPERIMENTAL:
+            current_format.apply(self, line, entry)
+        elif line.format in (Format.LEGACY, Format.LEGACY_HEADER):
+            legacy_format.apply(self, line, entry)
+        else:
+            self.unknown(entry, line.obj or {}, str((line.obj or {}).get("type") or "unknown"))
+
+    def unknown(self, entry: Entry, obj: dict[str, Any], name: str) -> None:
+        """A type this version does not know: kept as an event, never fatal."""
+        self.release_error()
+        self.state.counters.unknown_events += 1
+        self.event(f"line/{entry.seq}", name, entry.ts, output=obj, metadata={"unknown_type": True, "seq": entry.seq})
+
+    # ---- closing ----
+
+    def close(self, at_us: int, reason: str | None = None) -> None:
+        """The run is over: settle what is open, then the root observation and the scores."""
+        state = self.state
+        if state.closed:
+            return
+        self.release_error()
+        for item_id, open_item in list(state.open_items.items()):
+            current_format.finish_incomplete(self, item_id, open_item, at_us) if state.format is not Format.LEGACY \
+                else legacy_format.finish_incomplete(self, item_id, open_item, at_us)
+        state.open_items = {}
+        if state.turn_open:
+            state.turn_open = False
+            if state.outcome is None and state.format is not Format.LEGACY:
+                state.outcome = "aborted"
+            self.generation(f"turn/{state.turns}", f"turn {state.turns}", state.turn_started_us or at_us, at_us,
+                            None, input=state.meta.get("prompt") if state.turns == 1 else None,
+                            output=state.turn_message, level="ERROR",
+                            status_message="turn did not complete: the stream ended without turn.completed")
+        if state.end is None:
+            state.end = {"exit_code": None, "signal": None, "reason": reason or "idle"}
+        level, status = self.root_level()
+        trace = self.trace(final=True)
+        metadata: dict[str, Any] = {
+            "format": state.format.value if state.format else None,
+            "outcome": state.outcome,
+            "end_reason": state.end.get("reason"),
+            "exit_code": state.end.get("exit_code"),
+            "turns": state.turns,
+            "usage": state.usage.model_dump(),
+            "counters": state.counters.model_dump(),
+        }
+        if state.files:
+            metadata["files_changed"] = state.files
+        state.closed = True
+        self.emit("root", "agent", trace.name, state.started_us or at_us, at_us, parent_id=None, trace=trace,
+                  input=state.meta.get("prompt"), output=state.final_message, level=level, status_message=status,
+                  metadata=metadata)
+        self.derived_scores(at_us)
+
+    def root_level(self) -> tuple[str, str | None]:
+        state = self.state
+        end = state.end or {}
+        exit_code, signal = end.get("exit_code"), end.get("signal")
+        if state.outcome == "failed":
+            return "ERROR", _first_line(state.failure or "turn failed")
+        if signal is not None:
+            return "ERROR", f"codex was killed by signal {signal}"
+        if exit_code not in (None, 0):
+            return "ERROR", f"codex exited with code {exit_code}"
+        if state.outcome in (None, "aborted") and state.format is not Format.LEGACY:
+            why = "no output from codex" if state.format is None else "the stream ended without turn.completed or turn.failed"
+            state.outcome = "aborted"
+            return "ERROR", f"aborted: {why} ({end.get('reason')})"
+        return "DEFAULT", None
+
+    def derived_scores(self, at_us: int) -> None:
+        state = self.state
+        end = state.end or {}
+        succeeded = state.outcome == "completed" or (
+            state.format is Format.LEGACY and end.get("exit_code") == 0 and state.outcome is None
+        )
+        succeeded = succeeded and end.get("exit_code") in (0, None) and end.get("signal") is None
+        at = state.started_us or at_us
+        derived = {"source": "codex-langfuse"}
+        self.score("success", 1.0 if succeeded else 0.0, "BOOLEAN", at, metadata=derived)
+        self.score("failed_commands", float(state.counters.failed_commands), "NUMERIC", at, metadata=derived)
+        self.score("files_changed", float(len(state.files)), "NUMERIC", at, metadata=derived)
+        self.score("errors", float(state.counters.errors), "NUMERIC", at, metadata=derived)
+
+
+def _first_line(text: str, limit: int = 500) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first[:limit]
+
+
+def fold(state: RunState, entries: Iterable[Entry], context: FoldContext) -> FoldResult:
+    """Apply `entries` (ascending seq, no gaps from `state.next_seq`) to a copy of `state`."""
+    folder = Folder(state.model_copy(deep=True), context)
+    for entry in entries:
+        folder.apply(entry)
+    return folder.result
+
+
+def close(state: RunState, at_us: int, reason: str, context: FoldContext) -> FoldResult:
+    """Close a run the producer stopped reporting on (idle timeout): it is marked aborted."""
+    folder = Folder(state.model_copy(deep=True), context)
+    folder.close(at_us, reason)
+    return folder.result
+
+
+def skip_gap(state: RunState, to_seq: int, at_us: int, context: FoldContext) -> FoldResult:
+    """Give up waiting for entries `state.next_seq`..`to_seq - 1`: they are counted as lost."""
+    folder = Folder(state.model_copy(deep=True), context)
+    lost = to_seq - state.next_seq
+    folder.state.counters.lost_entries += lost
+    if not folder.state.closed:
+        folder.warning(f"gap/{state.next_seq}", "lost_entries", at_us,
+                       f"{lost} entries never arrived (seq {state.next_seq}..{to_seq - 1})",
+                       metadata={"first_seq": state.next_seq, "count": lost})
+    folder.state.next_seq = to_seq
+    folder.state.gap_since = None
+    return folder.result

@@ -1,0 +1,64 @@
+"""Every Redis key the ingest side uses, in one place (a prefix keeps them apart from others)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "codex-langfuse"
+
+    # per run
+    def log(self, run: str) -> str:  # HASH seq -> packed entry, waiting to be folded
+        return f"{self.prefix}:run:{run}:log"
+
+    def state(self, run: str) -> str:  # STRING RunState JSON
+        return f"{self.prefix}:run:{run}:state"
+
+    def outbox(self, run: str) -> str:  # HASH span id / "score:<id>" -> JSON, complete but not yet accepted
+        return f"{self.prefix}:run:{run}:outbox"
+
+    def lease(self, run: str) -> str:  # STRING token: the one worker folding this run
+        return f"{self.prefix}:run:{run}:lease"
+
+    def wake(self, run: str) -> str:  # STRING: a job for this run is queued
+        return f"{self.prefix}:run:{run}:wake"
+
+    def delivery(self, run: str) -> str:  # HASH attempts, first/last failure, next attempt, in flight
+        return f"{self.prefix}:run:{run}:delivery"
+
+    # across runs
+    @property
+    def active(self) -> str:  # ZSET run -> time of its last entry (open runs)
+        return f"{self.prefix}:runs:active"
+
+    @property
+    def backlog(self) -> str:  # ZSET run -> time since which it has had something undelivered
+        return f"{self.prefix}:runs:backlog"
+
+    @property
+    def retrying(self) -> str:  # ZSET run -> time of its next delivery attempt
+        return f"{self.prefix}:runs:retrying"
+
+    def thread_usage(self, thread: str) -> str:  # STRING cumulative Usage JSON of a Codex thread
+        return f"{self.prefix}:thread:{thread}:usage"
+
+    def ledger(self, trace: str) -> str:  # SET of what Langfuse accepted for a trace
+        return f"{self.prefix}:ledger:{trace}"
+
+    @property
+    def dead_letters(self) -> str:  # HASH id -> DeadLetter JSON
+        return f"{self.prefix}:deadletters"
+
+    @property
+    def dead_letter_index(self) -> str:  # ZSET id -> time of last failure
+        return f"{self.prefix}:deadletters:index"
+
+    @property
+    def poison(self) -> str:  # STREAM of stream entries the dispatcher could not file
+        return f"{self.prefix}:events:poison"
+
+    @property
+    def group(self) -> str:  # consumer group of the dispatchers on the event stream
+        return f"{self.prefix}:dispatchers"

@@ -1,0 +1,46 @@
+"""The record of what Langfuse accepted, consulted before every send, retry and replay.
+
+Langfuse v4 keeps every copy it receives, so at-least-once inside the pipeline becomes
+exactly-once only here: a span id (or a score's id and content) is added once Langfuse answered
+success, and nothing in the ledger is sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable
+
+import redis
+
+from ingest.keys import Keys
+
+
+def score_key(score: dict[str, Any]) -> str:
+    """A score may be re-sent with a new value (overwrite); the same value is sent once."""
+    content = json.dumps([score.get("value"), score.get("comment"), score.get("dataType")], sort_keys=True)
+    return f"score:{score['id']}:{hashlib.sha256(content.encode()).hexdigest()[:16]}"
+
+
+class Ledger:
+    def __init__(self, connection: redis.Redis, keys: Keys, ttl: int):
+        self.redis = connection
+        self.keys = keys
+        self.ttl = ttl
+
+    def accepted(self, trace_id: str, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        if not ids:
+            return set()
+        flags = self.redis.smismember(self.keys.ledger(trace_id), ids)
+        return {i for i, flag in zip(ids, flags) if flag}
+
+    def record(self, trace_id: str, ids: Iterable[str], pipe: Any = None) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=True)
+        target.sadd(self.keys.ledger(trace_id), *ids)
+        target.expire(self.keys.ledger(trace_id), self.ttl)
+        if pipe is None:
+            target.execute()

@@ -1,0 +1,96 @@
+"""Observations as OTLP/JSON spans with the attributes Langfuse reads (pure).
+
+A span is built once, when its observation is complete, and stored in this form: what goes to
+the outbox, the dead letters and a replay is exactly what Langfuse receives.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from langfuse import LangfuseOtelSpanAttributes as A
+
+from ingest.content import ContentPolicy
+from ingest.observations import Observation
+
+SCOPE = {"name": "codex-langfuse", "version": "0.1.0"}
+RESOURCE = {"attributes": [{"key": "service.name", "value": {"stringValue": "codex-langfuse"}}]}
+STATUS_ERROR = 2
+SPAN_KIND_INTERNAL = 1
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _io(value: Any) -> str:
+    # Langfuse's SDK sends strings as they are and everything else as JSON; so do we.
+    return value if isinstance(value, str) else _json(value)
+
+
+def _string(key: str, value: str) -> dict[str, Any]:
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def encode_span(obs: Observation, policy: ContentPolicy) -> dict[str, Any]:
+    attributes: list[dict[str, Any]] = [
+        _string(A.OBSERVATION_TYPE, obs.type),
+        _string(A.OBSERVATION_LEVEL, obs.level),
+    ]
+
+    def put(key: str, value: Any) -> None:
+        if value is not None:
+            attributes.append(_string(key, value))
+
+    trace = obs.trace
+    put(A.TRACE_NAME, trace.name)
+    put(A.TRACE_USER_ID, trace.user_id)
+    put(A.TRACE_SESSION_ID, trace.session_id)
+    put(A.ENVIRONMENT, trace.environment)
+    put(A.RELEASE, trace.release)
+    if trace.tags:
+        attributes.append({"key": A.TRACE_TAGS,
+                           "value": {"arrayValue": {"values": [{"stringValue": t} for t in trace.tags]}}})
+    for key, value in trace.metadata.items():
+        if value is not None:
+            put(f"{A.TRACE_METADATA}.{key}", _json(policy.clean(value)))
+
+    put(A.OBSERVATION_STATUS_MESSAGE, policy.clean(obs.status_message) if obs.status_message else None)
+    if policy.capture:
+        if obs.input is not None:
+            put(A.OBSERVATION_INPUT, policy.cap(_io(policy.clean(obs.input))))
+        if obs.output is not None:
+            put(A.OBSERVATION_OUTPUT, policy.cap(_io(policy.clean(obs.output))))
+    for key, value in obs.metadata.items():
+        if value is not None:
+            put(f"{A.OBSERVATION_METADATA}.{key}", policy.cap(_json(policy.clean(value))))
+    put(A.OBSERVATION_MODEL, obs.model)
+    if obs.usage_details is not None:
+        put(A.OBSERVATION_USAGE_DETAILS, _json(obs.usage_details))
+    if obs.cost_details is not None:
+        put(A.OBSERVATION_COST_DETAILS, _json(obs.cost_details))
+
+    span: dict[str, Any] = {
+        "traceId": obs.trace_id,
+        "spanId": obs.id,
+        "name": obs.name,
+        "kind": SPAN_KIND_INTERNAL,
+        "startTimeUnixNano": str(obs.start_us * 1000),
+        "endTimeUnixNano": str(obs.end_us * 1000),
+        "attributes": attributes,
+    }
+    if obs.parent_id:
+        span["parentSpanId"] = obs.parent_id
+    if obs.level == "ERROR":
+        span["status"] = {"code": STATUS_ERROR, "message": policy.clean(obs.status_message or "")}
+    return span
+
+
+def resource_spans(spans: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `resourceSpans` body of one OTLP export request."""
+    return [{"resource": RESOURCE, "scopeSpans": [{"scope": SCOPE, "spans": list(spans)}]}]
+
+
+def span_size(span: dict[str, Any]) -> int:
+    return len(_json(span))

@@ -1,0 +1,38 @@
+"""Scores attached to a run after the fact (`codex-langfuse score`, CI results, reviews).
+
+The score goes into the run's outbox and the run is woken up: it is delivered like every other
+item of the run (ledger, retries, dead letters), from any machine that can reach Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ingest import connections
+from ingest.delivery import score_payload
+from ingest.jobs import enqueue_runs
+from ingest.observations import Score, score_id, trace_id
+from ingest.runs import RunStore
+from ingest.settings import Settings
+
+
+def attach_score(settings: Settings, run_id: str, name: str, value: float | str, data_type: str,
+                 comment: str | None = None) -> dict[str, Any]:
+    connection = connections.redis_client(settings)
+    keys = connections.keys(settings)
+    store = RunStore(connection, keys, settings.lease_seconds, settings.done_ttl)
+    state = store.load_state(run_id)
+    trace = trace_id(run_id)
+    # Langfuse overwrites a score with the same id, name and timestamp date: anchor it to the
+    # run's start so attaching it again on another day still overwrites.
+    at_us = state.started_us if state and state.started_us else int(time.time() * 1e6)
+    payload = score_payload(Score(id=score_id(trace, name), trace_id=trace, name=name, value=value,
+                                  data_type=data_type, timestamp_us=at_us, comment=comment,
+                                  environment=settings.environment, metadata={"source": "codex-langfuse score"}))
+    with connection.pipeline(transaction=True) as pipe:
+        store.add_to_outbox(pipe, run_id, [], [payload])
+        pipe.zadd(keys.backlog, {run_id: time.time()}, nx=True)
+        pipe.execute()
+    enqueue_runs(store, connections.queue(settings, connection), [run_id])
+    return payload

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CODEX_FIXTURES = FIXTURES / "codex"
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh real redis-server per test (integration tests)."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed; run .ci/run or apt-get install -y redis-server")
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -35,6 +35,9 @@ _VALUE_AFTER_ASSIGNMENT = re.compile(
 )
 
 
+_SECRET_KEY = re.compile(r"(?i)(?:^|[_.-])(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)(?:$|[_.-])")
+
+
 def _compile(extra: list[str]) -> list[tuple[str, re.Pattern[str]]]:
     compiled = [(name, re.compile(pattern)) for name, pattern in SECRET_PATTERNS]
     compiled += [(f"custom_{i}", re.compile(pattern)) for i, pattern in enumerate(extra)]
@@ -63,13 +66,14 @@ class ContentPolicy:
         if isinstance(value, str):
             return self.cap(self.redact_text(value))
         if isinstance(value, dict):
-            return {str(k): self.clean(v) for k, v in value.items()}
+            return {str(k): "[REDACTED]" if self.redact and isinstance(v, str) and v and _SECRET_KEY.search(str(k))
+                    else self.clean(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.clean(v) for v in value]
         return value
 
-    def cap(self, text: str) -> str:
-        limit = self.max_field_chars
+    def cap(self, text: str, limit: int | None = None) -> str:
+        limit = self.max_field_chars if limit is None else limit
         if limit <= 0 or len(text) <= limit:
             return text
         return f"{text[:limit]}…[{len(text) - limit} characters cut]"

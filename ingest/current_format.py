@@ -23,6 +23,7 @@ from ingest.events import (
     TodoList,
     Usage,
     WebSearch,
+    first_line,
     parse_item,
 )
 
@@ -66,7 +67,7 @@ def apply(folder: "Folder", line: Line, entry: Entry) -> None:
         folder.hold_error(entry.ts, entry.seq, message if isinstance(message, str) else str(obj))
     elif kind == "turn.completed":
         state.outcome = "completed"
-        end_turn(folder, entry, usage_of(obj), obj.get("usage"))
+        end_turn(folder, entry, usage_of(obj), obj.get("usage"), extra={k: v for k, v in obj.items() if k not in ("type", "usage")})
     elif kind == "turn.failed":
         if state.held_error is None:
             state.counters.errors += 1  # otherwise the error line before it is this failure, counted once
@@ -107,13 +108,15 @@ def complete_item(folder: "Folder", item: Item, item_id: str, entry: Entry) -> N
     opened = state.open_items.pop(item_id, None)
     start = opened.started_us if opened else entry.ts
     key = f"item/{item_id}"
+    extra = {k: v for k, v in (item.model_extra or {}).items() if k != DUPLICATE_KEYS}
+    kept = {"metadata": {"extra_fields": extra}} if extra else {}
     if isinstance(item, AgentMessage):
         state.counters.agent_messages += 1
         state.final_message = item.text
         state.turn_message = item.text
-        folder.event(key, "agent_message", entry.ts, output=item.text)
+        folder.event(key, "agent_message", entry.ts, output=item.text, **kept)
     elif isinstance(item, Reasoning):
-        folder.event(key, "reasoning", entry.ts, output=item.text)
+        folder.event(key, "reasoning", entry.ts, output=item.text, **kept)
     elif isinstance(item, TodoList):
         plan_event(folder, item, item_id, entry)
     elif isinstance(item, ErrorItem):
@@ -135,7 +138,8 @@ def plan_event(folder: "Folder", item: TodoList, item_id: str, entry: Entry) -> 
                  metadata={"completed": done, "total": len(steps)})
 
 
-def tool(folder: "Folder", item: Item, key: str, start_us: int, end_us: int, incomplete: bool = False) -> None:
+def tool(folder: "Folder", item: Item, key: str, start_us: int, end_us: int, incomplete: bool = False,
+         reason: str | None = None) -> None:
     """One `tool` observation for a command, file change, MCP call, sub-agent call or web search."""
     counters = folder.state.counters
     metadata: dict[str, Any] = {"item_id": item.id, "status": item.status}
@@ -160,9 +164,10 @@ def tool(folder: "Folder", item: Item, key: str, start_us: int, end_us: int, inc
         name = "file_change"
         tool_input = {"changes": [change.model_dump() for change in item.changes]}
         output = {"status": item.status}
-        folder.track_files(change.path for change in item.changes)
         if item.status == "failed":
             level, status_message = "ERROR", "patch failed"
+        elif not incomplete:
+            folder.track_files(change.path for change in item.changes)
     elif isinstance(item, McpToolCall):
         counters.mcp_calls += 1
         name = f"{item.server}.{item.tool}" if item.server else (item.tool or "mcp_tool_call")
@@ -190,7 +195,7 @@ def tool(folder: "Folder", item: Item, key: str, start_us: int, end_us: int, inc
             metadata["call_id"] = duplicates["id"]
     if incomplete:
         level = "ERROR" if level == "ERROR" else "WARNING"
-        status_message = "not completed: the run ended while it was running"
+        status_message = reason or "not completed: the run ended while it was running"
         metadata["incomplete"] = True
     if extra:
         metadata["extra_fields"] = extra
@@ -198,16 +203,20 @@ def tool(folder: "Folder", item: Item, key: str, start_us: int, end_us: int, inc
                 status_message=status_message, metadata={k: v for k, v in metadata.items() if v is not None})
 
 
-def finish_incomplete(folder: "Folder", item_id: str, opened: "OpenItem", at_us: int) -> None:
+def finish_incomplete(folder: "Folder", item_id: str, opened: "OpenItem", at_us: int, reason: str | None = None) -> None:
     item = parse_item(opened.item)
     if isinstance(item, (CommandExecution, FileChange, McpToolCall, CollabToolCall, WebSearch)):
-        tool(folder, item, f"item/{item_id}", opened.started_us, at_us, incomplete=True)
+        tool(folder, item, f"item/{item_id}", opened.started_us, at_us, incomplete=True, reason=reason)
 
 
 def end_turn(folder: "Folder", entry: Entry, reported: Usage | None, raw_usage: Any,
-             failure: str | None = None) -> None:
+             failure: str | None = None, extra: dict | None = None) -> None:
     state = folder.state
     metadata: dict[str, Any] = {}
+    if extra:
+        metadata["extra_fields"] = extra
+    if reported is not None and reported.model_extra:
+        metadata["usage_extra_fields"] = reported.model_extra
     usage = None
     if reported is not None:
         usage = this_runs_usage(folder, reported, raw_usage if isinstance(raw_usage, dict) else {})
@@ -222,7 +231,7 @@ def end_turn(folder: "Folder", entry: Entry, reported: Usage | None, raw_usage: 
         input=state.meta.get("prompt") if turn == 1 else None,
         output=state.turn_message,
         level="ERROR" if failure else "DEFAULT",
-        status_message=failure.strip().splitlines()[0][:500] if failure and failure.strip() else None,
+        status_message=first_line(failure) if failure else None,
         metadata=metadata,
     )
     state.turn_open = False

@@ -78,6 +78,11 @@ class Item(Tolerant):
     type: str = ""
     status: str | None = None
 
+    @field_validator("id", "type", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else ("" if value is None else json.dumps(value))
+
 
 class AgentMessage(Item):
     text: str = ""
@@ -234,7 +239,8 @@ def detect_format(obj: dict[str, Any]) -> Format:
     if isinstance(kind, str):
         if kind.startswith(("thread.", "turn.", "item.")) or kind == "error":
             return Format.CURRENT
-        if kind.startswith("session.") or "item_type" in (obj.get("item") or {}):
+        item = obj.get("item")
+        if kind.startswith("session.") or (isinstance(item, dict) and "item_type" in item):
             return Format.EXPERIMENTAL
         return Format.UNKNOWN
     if "msg" in obj and "id" in obj:
@@ -255,3 +261,18 @@ def parse_line(text: str) -> Line:
     if not isinstance(obj, dict):
         return Line(format=Format.INVALID, problem=f"JSON {type(obj).__name__}, not an object")
     return Line(format=detect_format(obj), obj=obj)
+
+
+def first_line(text: str, limit: int = 500) -> str:
+    """A status message: the provider's own message when Codex passed its JSON error through."""
+    text = text.strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        if isinstance(error.get("message"), str) and error["message"].strip():
+            text = error["message"].strip()
+    first = text.splitlines()[0] if text else ""
+    return first[:limit]

@@ -12,6 +12,7 @@ its `end` entry, or through `close()` when the producer stopped reporting.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -19,11 +20,13 @@ from pydantic import BaseModel
 
 from ingest import current_format, legacy_format
 from ingest.entries import Entry
-from ingest.events import Format, Usage, parse_line
+from ingest.events import Format, Usage, first_line, parse_line
 from ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id, trace_id
 from ingest.pricing import PriceTable, usage_buckets
 
 MAX_TRACKED_PATHS = 1000
+# The head of an `item.completed` line cut by the producer: enough to close the item it completes.
+_CUT_COMPLETION = re.compile(r'^\s*\{\s*"type"\s*:\s*"item\.completed"\s*,\s*"item"\s*:\s*\{\s*"id"\s*:\s*"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -239,7 +242,7 @@ class Folder:
         else:
             self.state.counters.warnings += 1
         self.event(f"error/{held.seq}", "error", held.at_us, output=held.message, level=level,
-                   status_message=_first_line(held.message))
+                   status_message=first_line(held.message))
 
     # ---- generations ----
 
@@ -344,7 +347,7 @@ class Folder:
             except (TypeError, ValueError):
                 self.state.counters.invalid_lines += 1
                 return
-            if not math.isfinite(value):
+            if not math.isfinite(value) or (data_type == "BOOLEAN" and value not in (0.0, 1.0)):
                 self.state.counters.invalid_lines += 1
                 return
         else:
@@ -368,6 +371,10 @@ class Folder:
             self.release_error()
             self.warning(f"line/{entry.seq}", "invalid_line", entry.ts, problem, output=entry.data[:2000],
                          metadata={"seq": entry.seq, "bytes": entry.trunc or len(entry.data.encode())})
+            cut = _CUT_COMPLETION.match(entry.data) if entry.trunc is not None else None
+            if cut and cut.group(1) in state.open_items:
+                opened = state.open_items.pop(cut.group(1))
+                current_format.finish_incomplete(self, cut.group(1), opened, entry.ts, reason=problem)
             return
         if state.format is None and line.format in (Format.CURRENT, Format.LEGACY, Format.EXPERIMENTAL):
             state.format = line.format
@@ -430,11 +437,16 @@ class Folder:
         end = state.end or {}
         exit_code, signal = end.get("exit_code"), end.get("signal")
         if state.outcome == "failed":
-            return "ERROR", _first_line(state.failure or "turn failed")
+            return "ERROR", first_line(state.failure or "turn failed")
         if signal is not None:
             return "ERROR", f"codex was killed by signal {signal}"
         if exit_code not in (None, 0):
             return "ERROR", f"codex exited with code {exit_code}"
+        if state.outcome == "aborted" and state.failure:
+            return "ERROR", first_line(state.failure)
+        if state.format is Format.LEGACY and state.outcome is None and end.get("reason") not in ("exited", "eof", "closed"):
+            state.outcome = "aborted"
+            return "ERROR", f"aborted: the producer stopped reporting ({end.get('reason')})"
         if state.outcome in (None, "aborted") and state.format is not Format.LEGACY:
             why = "no output from codex" if state.format is None else "the stream ended without turn.completed or turn.failed"
             state.outcome = "aborted"
@@ -444,9 +456,8 @@ class Folder:
     def derived_scores(self, at_us: int) -> None:
         state = self.state
         end = state.end or {}
-        succeeded = state.outcome == "completed" or (
-            state.format is Format.LEGACY and end.get("exit_code") == 0 and state.outcome is None
-        )
+        # The legacy stream has no terminal event: there a run succeeded unless it says otherwise.
+        succeeded = state.outcome == "completed" or (state.format is Format.LEGACY and state.outcome is None)
         succeeded = succeeded and end.get("exit_code") in (0, None) and end.get("signal") is None
         at = state.started_us or at_us
         derived = {"source": "codex-langfuse"}
@@ -454,11 +465,6 @@ class Folder:
         self.score("failed_commands", float(state.counters.failed_commands), "NUMERIC", at, metadata=derived)
         self.score("files_changed", float(len(state.files)), "NUMERIC", at, metadata=derived)
         self.score("errors", float(state.counters.errors), "NUMERIC", at, metadata=derived)
-
-
-def _first_line(text: str, limit: int = 500) -> str:
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return first[:limit]
 
 
 def fold(state: RunState, entries: Iterable[Entry], context: FoldContext) -> FoldResult:

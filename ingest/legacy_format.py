@@ -7,7 +7,10 @@ request becomes a `generation`; tool calls pair `*_begin` and `*_end` by `call_i
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from ingest.entries import Entry
 from ingest.events import Format, LegacyTokenUsage, Line
@@ -81,15 +84,20 @@ def token_count(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
             if total == state.legacy_total:
                 return  # 0.36-0.42 print every token_count twice
             state.legacy_total = total
-        request = LegacyTokenUsage.model_validate(last)
+        reported: Any = last
     elif "input_tokens" in msg:  # 0.20: one flat usage per request
-        request = LegacyTokenUsage.model_validate(msg)
+        reported = msg
     else:
         return  # `info: null` before the first request
+    try:
+        request = LegacyTokenUsage.model_validate(reported)
+    except ValidationError:
+        folder.warning(f"line/{entry.seq}", "invalid_usage", entry.ts, "token_count with unreadable usage", output=msg)
+        return
     state.requests += 1
     start = state.request_started_us or state.turn_started_us or entry.ts
     folder.generation(f"request/{state.requests}", f"model request {state.requests}", start, entry.ts,
-                      request.as_usage(), request_input_tokens=request.input_tokens,
+                      request.as_usage(), request_input_tokens=max(0, request.input_tokens),
                       input=state.meta.get("prompt") if state.requests == 1 else None,
                       metadata={"request": state.requests})
     state.request_started_us = entry.ts
@@ -156,10 +164,10 @@ def tool(folder: "Folder", call_id: str, opened: "OpenItem", end_msg: dict[str, 
         counters.commands += 1
         name = "command"
         argv = begin_msg.get("command") or done.get("command") or []
-        tool_input: Any = " ".join(map(str, argv)) if isinstance(argv, list) else str(argv)
+        tool_input: Any = shlex.join(map(str, argv)) if isinstance(argv, list) else str(argv)
         output = done.get("aggregated_output")
-        if output is None:
-            output = (done.get("stdout") or "") + (done.get("stderr") or "")
+        if not isinstance(output, str):
+            output = "".join(v for v in (done.get("stdout"), done.get("stderr")) if isinstance(v, str))
         output = folder.capped(output)
         exit_code = done.get("exit_code")
         metadata.update(exit_code=exit_code, cwd=begin_msg.get("cwd"))
@@ -172,7 +180,8 @@ def tool(folder: "Folder", call_id: str, opened: "OpenItem", end_msg: dict[str, 
         changes = begin_msg.get("changes") if isinstance(begin_msg.get("changes"), dict) else {}
         listed = [{"path": path, "kind": next(iter(change), "update") if isinstance(change, dict) else "update"}
                   for path, change in changes.items()]
-        folder.track_files(changes)
+        if done.get("success") is not False and end_msg is not None:
+            folder.track_files(changes)
         tool_input = {"changes": listed}
         output = {"success": done.get("success"), "stdout": done.get("stdout"), "stderr": done.get("stderr")}
         if end_msg is not None and done.get("success") is False:

@@ -18,6 +18,9 @@ SCOPE = {"name": "codex-langfuse", "version": "0.1.0"}
 RESOURCE = {"attributes": [{"key": "service.name", "value": {"stringValue": "codex-langfuse"}}]}
 STATUS_ERROR = 2
 SPAN_KIND_INTERNAL = 1
+# Metadata that carries captured content (paths, fields we pass through unread): left out
+# with the inputs and outputs when content capture is off.
+CONTENT_METADATA = frozenset({"files_changed", "extra_fields", "usage_extra_fields", "explanation", "cwd"})
 
 
 def _json(value: Any) -> str:
@@ -27,6 +30,17 @@ def _json(value: Any) -> str:
 def _io(value: Any) -> str:
     # Langfuse's SDK sends strings as they are and everything else as JSON; so do we.
     return value if isinstance(value, str) else _json(value)
+
+
+def _metadata_value(policy: ContentPolicy, key: str, value: Any) -> str:
+    """JSON, always: Langfuse decodes metadata values, so an oversized one becomes a JSON
+    string of its cut text rather than cut JSON."""
+    text = _json(policy.clean({key: value})[key])
+    if len(text) <= policy.max_field_chars:
+        return text
+    cut = policy.cap(text)
+    escaping = len(_json(cut)) - len(cut)  # quotes and escapes the encoding adds
+    return _json(policy.cap(text, max(policy.max_field_chars - escaping, 1)))
 
 
 def _string(key: str, value: str) -> dict[str, Any]:
@@ -54,17 +68,17 @@ def encode_span(obs: Observation, policy: ContentPolicy) -> dict[str, Any]:
                            "value": {"arrayValue": {"values": [{"stringValue": t} for t in trace.tags]}}})
     for key, value in trace.metadata.items():
         if value is not None:
-            put(f"{A.TRACE_METADATA}.{key}", _json(policy.clean(value)))
+            put(f"{A.TRACE_METADATA}.{key}", _metadata_value(policy, key, value))
 
     put(A.OBSERVATION_STATUS_MESSAGE, policy.clean(obs.status_message) if obs.status_message else None)
     if policy.capture:
-        if obs.input is not None:
-            put(A.OBSERVATION_INPUT, policy.cap(_io(policy.clean(obs.input))))
-        if obs.output is not None:
-            put(A.OBSERVATION_OUTPUT, policy.cap(_io(policy.clean(obs.output))))
+        for key, value in ((A.OBSERVATION_INPUT, obs.input), (A.OBSERVATION_OUTPUT, obs.output)):
+            if value is not None:
+                text = _io(policy.clean(value))
+                put(key, text if isinstance(value, str) else policy.cap(text))
     for key, value in obs.metadata.items():
-        if value is not None:
-            put(f"{A.OBSERVATION_METADATA}.{key}", policy.cap(_json(policy.clean(value))))
+        if value is not None and (policy.capture or key not in CONTENT_METADATA):
+            put(f"{A.OBSERVATION_METADATA}.{key}", _metadata_value(policy, key, value))
     put(A.OBSERVATION_MODEL, obs.model)
     if obs.usage_details is not None:
         put(A.OBSERVATION_USAGE_DETAILS, _json(obs.usage_details))

@@ -1,0 +1,530 @@
+"""The `codex-langfuse` command. `run` and `tee` live here (standard library + producer only);
+every other subcommand is handed to `ingest.cli`, imported only when asked for.
+
+`run [OPTIONS] -- codex exec --json ...`
+    Starts Codex with stdout piped and stderr inherited untouched. Every chunk Codex writes is
+    copied to our stdout as soon as it is read (os.read/os.write, byte-identical) and each complete
+    line goes to the stream, stamped when read. Exits with Codex's exit code, or dies of the same
+    signal. SIGTERM, SIGHUP are forwarded; SIGINT and SIGQUIT are forwarded unless they came from
+    the terminal (then Codex, in the same foreground process group, got them already). If Codex
+    takes its prompt from stdin, stdin is copied to it and the first 64 KiB are kept as the prompt.
+    If our stdout goes away (reader closed the pipe), Codex's output keeps being read and captured
+    and the exit code is still Codex's.
+`tee [OPTIONS]`
+    The same for a stream on stdin: copies stdin to stdout byte-identically and captures its lines;
+    ends the run with reason "eof" and exits 0. If stdout goes away it keeps reading stdin (so the
+    run is complete) and exits 141 at the end, like a pipeline member killed by SIGPIPE.
+    SIGINT/SIGTERM/SIGHUP end the run with reason "closed" and then kill us with that signal.
+Both wait at most --flush-timeout seconds at the end for the entries to reach Redis or the spool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from typing import Sequence
+
+from producer import Producer, Run, __version__
+from producer.codex_args import (
+    CodexCommand, codex_version, git_repository, parse_codex_command, resolve_model,
+)
+from producer.entries import END_REASON_CLOSED, END_REASON_EOF, is_valid_run_id, trace_id
+
+PRODUCER_COMMANDS = {
+    "run": "run Codex (`run [OPTIONS] -- codex exec --json ...`), passing its output through, and capture it",
+    "tee": "capture a Codex JSONL stream from stdin (`codex exec --json ... | codex-langfuse tee`)",
+}
+# served by ingest.cli; listed here so `--help` shows the whole command
+INGEST_COMMANDS = {
+    "dispatch": "read the event stream and queue jobs (run one or more)",
+    "worker": "an RQ worker that folds runs and sends them (run any number)",
+    "replay": "send dead letters again (never twice)",
+    "status": "stream, queue, workers, retries and dead letters",
+    "score": "attach a score to a run's trace (CI result, review)",
+    "show": "print a run's trace from the local sink",
+    "demo": "end to end on a recorded Codex run, with a Redis of its own",
+}
+
+STDIN_PROMPT_LIMIT = 64 * 1024
+READ_SIZE = 64 * 1024
+POLL_INTERVAL_MS = 500
+DEFAULT_FLUSH_TIMEOUT = 5.0
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+# delivered by the terminal to its whole foreground process group (which includes Codex)
+KEYBOARD_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+TEE_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PRODUCER_COMMANDS:
+        return _producer_command(argv)
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        parser = build_parser()
+        parser.parse_args(argv or ["--help"])  # prints help or version and exits
+        return 0
+    try:
+        from ingest.cli import main as ingest_main
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("ingest", "ingest.cli"):
+            raise
+        print(f"codex-langfuse: {argv[0]!r} is served by ingest.cli, which is not installed", file=sys.stderr)
+        return 2
+    return ingest_main(argv)
+
+
+# ---- arguments ----
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codex-langfuse",
+        description="Every Codex CLI run as a complete Langfuse trace, through Redis and RQ workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
+    for name, help_text in PRODUCER_COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_run_options(sub)
+        if name == "run":
+            sub.add_argument("command", nargs=argparse.REMAINDER, metavar="-- codex exec ...",
+                             help="the Codex command line to run")
+    for name, help_text in INGEST_COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-id", type=_run_id, help="run id (default: a new UUID4, printed to stderr)")
+    parser.add_argument("--model", help="model name (default: from Codex's arguments and config)")
+    parser.add_argument("--user-id")
+    parser.add_argument("--session-id", help="Langfuse session id (default: Codex's thread id)")
+    parser.add_argument("--tag", action="append", default=[], help="trace tag (repeatable)")
+    parser.add_argument("--metadata", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                        help="trace metadata (repeatable)")
+    parser.add_argument("--name", help="trace name (default: codex exec)")
+    parser.add_argument("--environment", help="Langfuse environment")
+    parser.add_argument("--flush-timeout", type=float, default=DEFAULT_FLUSH_TIMEOUT, metavar="SECONDS",
+                        help="longest wait at exit for delivery to Redis or the spool (default: %(default)s)")
+
+
+def _run_id(value: str) -> str:
+    if not is_valid_run_id(value):
+        raise argparse.ArgumentTypeError("must be 1-128 characters of [A-Za-z0-9._:-]")
+    return value
+
+
+def _key_value(value: str) -> tuple[str, str]:
+    key, equals, rest = value.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key, rest
+
+
+def _producer_command(argv: list[str]) -> int:
+    parser = build_parser()
+    command: list[str] = []
+    if argv[0] == "run" and "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
+    args = parser.parse_args(argv)
+    if args.subcommand == "run":
+        command = command or args.command
+        if not command:
+            parser.error("run: give the Codex command after --, e.g. `codex-langfuse run -- codex exec --json 'hi'`")
+        return _run(args, command)
+    return _tee(args)
+
+
+# ---- shared pieces ----
+
+def _reserve_standard_fds() -> set[int]:
+    """Put /dev/null (close-on-exec) on closed fds 0-2, so no file we open lands there, while Codex
+    still inherits them closed. Returns the fds that were closed."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+            placeholder = os.open(os.devnull, os.O_RDWR)  # lowest free fd: this one
+            if placeholder != fd:
+                os.close(placeholder)
+    return closed
+
+
+def _start(args: argparse.Namespace, **start_data) -> tuple[Producer, Run]:
+    producer = Producer()
+    run_id = args.run_id or str(uuid.uuid4())
+    metadata = dict(args.metadata) or None
+    run = producer.start_run(
+        run_id=run_id, model=args.model or start_data.pop("model", None), name=args.name,
+        user_id=args.user_id, session_id=args.session_id, tags=args.tag, metadata=metadata,
+        environment=args.environment, **start_data,
+    )
+    if args.run_id is None:
+        _say(f"run {run_id} trace {trace_id(run_id)}")
+    return producer, run
+
+
+def _say(message: str) -> None:
+    try:
+        sys.stderr.write(f"codex-langfuse: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _Output:
+    """Our stdout as a raw fd. Once the reader is gone, writing stops and reading goes on."""
+
+    def __init__(self, fd: int, closed: bool = False):
+        self.fd = fd
+        self.broken = closed
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    written = os.write(self.fd, view)
+                except BlockingIOError:  # someone gave us a non-blocking stdout
+                    select.select([], [self.fd], [], 1.0)
+                    continue
+                view = view[written:]
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EINVAL, errno.ENOSPC, errno.EIO):
+                raise
+            self.broken = True
+
+
+class LineSplitter:
+    """Splits a byte stream into lines without an unbounded buffer: of a line longer than
+    `max_line_bytes` only the first `max_line_bytes` are kept, and its full length is reported."""
+
+    def __init__(self, max_line_bytes: int):
+        self.max_line_bytes = max_line_bytes
+        self._kept = bytearray()
+        self._length = 0          # bytes of the current line so far, kept or not
+        self._last_byte = b""     # last byte of the current line (to spot \r\n when it was cut)
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, int | None]]:
+        """Complete lines in `chunk` as (line without \\n or \\r\\n, original length if cut, else None)."""
+        lines = []
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            if newline < 0:
+                self._add(chunk[start:])
+                return lines
+            self._add(chunk[start:newline])
+            lines.append(self._take(ended_by_newline=True))
+            start = newline + 1
+
+    def finish(self) -> list[tuple[bytes, int | None]]:
+        """A last line without a newline, if any."""
+        if self._length == 0:
+            return []
+        return [self._take(ended_by_newline=False)]
+
+    def _add(self, piece: bytes) -> None:
+        if not piece:
+            return
+        room = self.max_line_bytes - len(self._kept)
+        if room > 0:
+            self._kept += piece[:room]
+        self._length += len(piece)
+        self._last_byte = piece[-1:]
+
+    def _take(self, ended_by_newline: bool) -> tuple[bytes, int | None]:
+        line, length = bytes(self._kept), self._length
+        if ended_by_newline and self._last_byte == b"\r":
+            length -= 1
+            if len(line) > length:
+                line = line[:length]
+        self._kept.clear()
+        self._length = 0
+        self._last_byte = b""
+        return line, (length if length > len(line) else None)
+
+
+def _emit_lines(run: Run, lines: list[tuple[bytes, int | None]]) -> None:
+    for line, original_length in lines:
+        run.emit(line, original_length=original_length)
+
+
+class _Signals:
+    """Signal handlers that only record the signal; the main loop, woken through a wakeup fd, acts."""
+
+    def __init__(self, signals: Sequence[int]):
+        self.signals = tuple(signals)
+        self.pending: list[int] = []
+        self._previous: dict[int, object] = {}
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._previous_wakeup = -1
+
+    @property
+    def wakeup_fd(self) -> int:
+        return self._read_fd
+
+    def install(self) -> None:
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._record)
+        self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+
+    def _record(self, signum, frame) -> None:
+        self.pending.append(signum)
+
+    def take(self) -> list[int]:
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        taken, self.pending[:] = list(self.pending), []
+        return taken
+
+    def restore(self) -> None:
+        signal.set_wakeup_fd(self._previous_wakeup)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
+def _sent_by_terminal() -> bool:
+    """True when we are in the terminal's foreground process group: a keyboard signal then went to
+    the whole group, Codex included."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False  # no controlling terminal: someone sent it to us alone
+    try:
+        return os.tcgetpgrp(tty) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(tty)
+
+
+def _die_by_signal(signum: int) -> int:
+    """Terminate with `signum` so our parent sees the same wait status as Codex's; if its default
+    action does not terminate, fall back to the shell's 128+N exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    except (ImportError, OSError, ValueError):
+        pass
+    for step in (
+        lambda: signal.signal(signum, signal.SIG_DFL),  # refused for SIGKILL/SIGSTOP, which need no reset
+        lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum}),
+        lambda: os.kill(os.getpid(), signum),
+    ):
+        try:
+            step()
+        except (OSError, ValueError):
+            pass
+    return 128 + signum
+
+
+# ---- run ----
+
+def _run(args: argparse.Namespace, command: list[str]) -> int:
+    closed_fds = _reserve_standard_fds()
+    codex = parse_codex_command(command)
+    try:
+        cwd = os.path.abspath(codex.cwd) if codex.cwd else os.getcwd()
+    except OSError:
+        cwd = None
+    start: dict = {"model": codex.model or codex.config_model, "prompt": codex.prompt, "cwd": cwd}
+    if codex.resume_session_id:
+        start["resume_session_id"] = codex.resume_session_id
+    producer, run = _start(args, **start)
+    out = _Output(1, closed=1 in closed_fds)
+    capture_stdin = codex.is_exec and codex.prompt_from_stdin and 0 not in closed_fds and not os.isatty(0)
+
+    # installed before Codex starts (a signal in between is forwarded once it runs) and kept until
+    # we exit: a signal during the final flush is then ignored instead of cutting it short
+    signals = _Signals(FORWARDED_SIGNALS)
+    signals.install()
+    try:
+        try:
+            child = subprocess.Popen(
+                command, stdin=subprocess.PIPE if capture_stdin else None, stdout=subprocess.PIPE, bufsize=0,
+            )
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            _say(f"cannot run {command[0]!r}: {exc.strerror or exc}")
+            run.finish(code)
+            producer.close(args.flush_timeout)
+            return code
+        if capture_stdin:
+            threading.Thread(target=_copy_stdin, args=(child.stdin, run), name="codex-langfuse-stdin", daemon=True).start()
+        run.update(**_metadata_after_start(codex, args, cwd))
+        returncode = _pass_through(child, run, out, signals, producer.settings.max_line_bytes)
+        if returncode < 0:
+            run.finish(None, signal=-returncode)
+        else:
+            run.finish(returncode)
+        producer.close(args.flush_timeout)
+    finally:
+        signals.restore()
+    if returncode < 0:
+        return _die_by_signal(-returncode)
+    return returncode
+
+
+def _metadata_after_start(codex: CodexCommand, args: argparse.Namespace, cwd: str | None) -> dict:
+    """What takes file reads to learn: read once Codex is running, sent as a `meta` entry."""
+    meta: dict = {}
+    try:
+        if not (args.model or codex.model or codex.config_model):
+            meta["model"] = resolve_model(codex)
+        meta["codex_version"] = codex_version(codex.executable)
+        repository = git_repository(cwd) if cwd else None
+        if repository:
+            # flat keys, as the ingest side reads them: repository (remote URL), branch, commit
+            meta["repository"] = repository.get("url")
+            meta["branch"] = repository.get("branch")
+            meta["commit"] = repository.get("commit")
+    except Exception:  # metadata is a nicety; the run goes on without it
+        pass
+    return {key: value for key, value in meta.items() if value is not None}
+
+
+def _pass_through(child: subprocess.Popen, run: Run, out: _Output, signals: _Signals, max_line_bytes: int) -> int:
+    """Copy Codex's stdout to ours and to the run until it ends; forward signals; return its status."""
+    source = child.stdout.fileno()
+    splitter = LineSplitter(max_line_bytes)
+    poller = select.poll()
+    poller.register(source, select.POLLIN)
+    poller.register(signals.wakeup_fd, select.POLLIN)
+    reading = True
+    while reading:
+        events = poller.poll(POLL_INTERVAL_MS)
+        _forward(signals.take(), child)
+        if any(fd == source for fd, _ in events):
+            chunk = os.read(source, READ_SIZE)
+            if not chunk:
+                break
+            out.write(chunk)
+            _emit_lines(run, splitter.feed(chunk))
+        elif child.poll() is not None:
+            # Codex is gone but something it started still holds the pipe: take what is there
+            os.set_blocking(source, False)
+            try:
+                while chunk := os.read(source, READ_SIZE):
+                    out.write(chunk)
+                    _emit_lines(run, splitter.feed(chunk))
+            except BlockingIOError:
+                pass
+            reading = False
+    _emit_lines(run, splitter.finish())
+    child.stdout.close()
+    poller.unregister(source)
+    while child.poll() is None:
+        poller.poll(POLL_INTERVAL_MS)
+        _forward(signals.take(), child)
+    return child.returncode
+
+
+def _forward(signums: list[int], child: subprocess.Popen) -> None:
+    for signum in signums:
+        if signum in KEYBOARD_SIGNALS and _sent_by_terminal():
+            continue
+        try:
+            child.send_signal(signum)  # a no-op once Codex has been reaped
+        except OSError:
+            pass
+
+
+def _copy_stdin(destination, run: Run) -> None:
+    """Copy our stdin to Codex's; the first 64 KiB are the prompt, sent before Codex sees EOF."""
+    captured = bytearray()
+    target = destination.fileno()
+    try:
+        while True:
+            try:
+                chunk = os.read(0, READ_SIZE)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if len(captured) < STDIN_PROMPT_LIMIT:
+                captured += chunk[:STDIN_PROMPT_LIMIT - len(captured)]
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target, view):]
+            except OSError:
+                break  # Codex closed its stdin: it has read what it wanted
+    finally:
+        if captured:
+            run.update(prompt=captured.decode("utf-8", "replace"))
+        try:
+            destination.close()
+        except OSError:
+            pass
+
+
+# ---- tee ----
+
+def _tee(args: argparse.Namespace) -> int:
+    closed_fds = _reserve_standard_fds()
+    producer, run = _start(args)
+    out = _Output(1, closed=1 in closed_fds)
+    splitter = LineSplitter(producer.settings.max_line_bytes)
+    signals = _Signals(TEE_STOP_SIGNALS)
+    signals.install()
+    stopped_by: int | None = None
+    try:
+        poller = select.poll()
+        poller.register(0, select.POLLIN)
+        poller.register(signals.wakeup_fd, select.POLLIN)
+        while True:
+            events = poller.poll(POLL_INTERVAL_MS)
+            received = signals.take()
+            if received:
+                stopped_by = received[0]
+                break
+            if not any(fd == 0 for fd, _ in events):
+                continue
+            try:
+                chunk = os.read(0, READ_SIZE)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            out.write(chunk)
+            _emit_lines(run, splitter.feed(chunk))
+        _emit_lines(run, splitter.finish())
+        if stopped_by is None:
+            run.finish(None, reason=END_REASON_EOF)
+        else:
+            run.finish(None, signal=stopped_by, reason=END_REASON_CLOSED)
+        producer.close(args.flush_timeout)
+    finally:
+        signals.restore()
+    if stopped_by is not None:
+        return _die_by_signal(stopped_by)
+    return 141 if out.broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The stream entry format (README "Stream entry format"): names, trace ids and field encoding.
+
+The ingest side imports these names, so there is one definition of the wire contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any, Mapping
+
+ENTRY_VERSION = "1"
+DEFAULT_STREAM = "codex-langfuse:events"
+
+KIND_START = "start"
+KIND_LINE = "line"
+KIND_META = "meta"
+KIND_SCORE = "score"
+KIND_END = "end"
+KINDS = (KIND_START, KIND_LINE, KIND_META, KIND_SCORE, KIND_END)
+
+END_REASON_EXITED = "exited"
+END_REASON_EOF = "eof"
+END_REASON_CLOSED = "closed"
+END_REASONS = (END_REASON_EXITED, END_REASON_EOF, END_REASON_CLOSED)
+
+SCORE_DATA_TYPES = ("NUMERIC", "BOOLEAN", "CATEGORICAL", "TEXT")
+
+# keys of a `start` entry's data (every one optional; unknown keys are kept by the ingest side)
+START_KEYS = (
+    "name", "model", "user_id", "session_id", "tags", "metadata", "environment",
+    "prompt", "cwd", "codex_version", "producer",
+)
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# field names of a stream entry
+F_VERSION, F_RUN, F_SEQ, F_TS, F_KIND, F_DATA, F_TRUNC = "v", "run", "seq", "ts", "kind", "data", "trunc"
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# Redis stores a few bytes per field besides the values; counted so the queue cap is honest.
+_FIELD_OVERHEAD = 64
+
+
+def trace_id(run_id: str) -> str:
+    """Langfuse trace id of a run: first 16 bytes of sha256(run_id), 32 lowercase hex characters.
+
+    Equal to `Langfuse.create_trace_id(seed=run_id)`.
+    """
+    return hashlib.sha256(run_id.encode("utf-8")).digest()[:16].hex()
+
+
+def is_valid_run_id(run_id: object) -> bool:
+    return isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def encode_json(data: Mapping[str, Any]) -> bytes:
+    """`data` of a non-line entry: compact JSON in UTF-8 (strings that cannot be UTF-8 get U+FFFD)."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+def strip_line_ending(line: bytes) -> bytes:
+    if line.endswith(b"\r\n"):
+        return line[:-2]
+    if line.endswith(b"\n"):
+        return line[:-1]
+    return line
+
+
+def entry_fields(run: str, seq: int, kind: str, data: bytes, ts: int, trunc: int | None = None) -> dict:
+    """The fields of one XADD, exactly as the README specifies them."""
+    fields = {F_VERSION: ENTRY_VERSION, F_RUN: run, F_SEQ: str(seq), F_TS: str(ts), F_KIND: kind, F_DATA: data}
+    if trunc is not None:
+        fields[F_TRUNC] = str(trunc)
+    return fields
+
+
+def fields_size(fields: Mapping[str, Any]) -> int:
+    """Approximate bytes an entry holds in memory and on the wire (used for the byte caps)."""
+    return _FIELD_OVERHEAD + sum(len(key) + len(value) for key, value in fields.items())
+
+
+def decode_fields(fields: Mapping[Any, Any]) -> dict:
+    """A stream entry as read back from Redis (bytes keys/values) -> plain values.
+
+    Returns {"v", "run", "seq": int, "ts": int, "kind", "data": bytes for `line` else the decoded
+    JSON object, "trunc": int | None}. Raises ValueError on an entry that breaks the contract.
+    """
+    raw = {_text(key): value for key, value in fields.items()}
+    try:
+        kind = _text(raw[F_KIND])
+        data = raw[F_DATA]
+        data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        decoded = {
+            F_VERSION: _text(raw[F_VERSION]),
+            F_RUN: _text(raw[F_RUN]),
+            F_SEQ: int(_text(raw[F_SEQ])),
+            F_TS: int(_text(raw[F_TS])),
+            F_KIND: kind,
+            F_DATA: data if kind == KIND_LINE else json.loads(data),
+            F_TRUNC: int(_text(raw[F_TRUNC])) if F_TRUNC in raw else None,
+        }
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"not a codex-langfuse stream entry: {exc}") from exc
+    return decoded
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)

@@ -1,0 +1,306 @@
+"""The Python API against fakeredis: entry contract, sequence numbers, caps, never raising."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+
+import fakeredis
+import pytest
+
+from producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
+
+HANG_GUARD = 60  # seconds; only keeps a broken build from hanging the suite
+
+
+@pytest.fixture
+def fake_server():
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def make_producer(fake_server, tmp_path):
+    made = []
+
+    def make(**kwargs):
+        kwargs.setdefault("spool_dir", tmp_path / "spool")
+        kwargs.setdefault("redis_client_factory", lambda: fakeredis.FakeRedis(server=fake_server))
+        producer = Producer(**kwargs)
+        made.append(producer)
+        return producer
+
+    yield make
+    for producer in made:
+        producer.close(5)
+
+
+def stream_entries(fake_server) -> list[dict]:
+    client = fakeredis.FakeRedis(server=fake_server)
+    return [decode_fields(fields) for _, fields in client.xrange(DEFAULT_STREAM)]
+
+
+class GatedClient:
+    """A Redis client whose pipelines wait for `gate` before writing: a hung Redis, without time."""
+
+    def __init__(self, fake_server, gate: threading.Event):
+        self.real = fakeredis.FakeRedis(server=fake_server)
+        self.gate = gate
+        self.connection_pool = self.real.connection_pool
+
+    def pipeline(self, transaction=True):
+        gate, real = self.gate, self.real.pipeline(transaction=transaction)
+
+        class Pipeline:
+            def xadd(self, *args, **kwargs):
+                real.xadd(*args, **kwargs)
+
+            def execute(self):
+                gate.wait(HANG_GUARD)
+                return real.execute()
+
+        return Pipeline()
+
+    def close(self):
+        self.real.close()
+
+
+def test_entries_follow_the_stream_contract(make_producer, fake_server):
+    producer = make_producer()
+    run = producer.start_run(
+        run_id="run-contract", model="gpt-5-codex", name="nightly", user_id="u1", session_id="s1",
+        tags=("a", "b"), metadata={"ci": "yes"}, environment="staging", prompt="fix it", cwd="/w", codex_version="0.169.0",
+    )
+    assert run.run_id == "run-contract" and run.trace_id == trace_id("run-contract")
+    assert run.emit(b'{"type":"thread.started"}\n')
+    assert run.emit('{"type":"turn.started"}\r\n')
+    assert run.emit(b"\xff\xfe not utf-8 \x00")
+    assert run.update(prompt="from stdin")
+    assert run.score("success", True, data_type="BOOLEAN", comment="ci")
+    assert run.finish(3)
+    assert producer.close(10)
+
+    entries = stream_entries(fake_server)
+    assert [entry["seq"] for entry in entries] == list(range(7))
+    assert [entry["kind"] for entry in entries] == ["start", "line", "line", "line", "meta", "score", "end"]
+    assert all(entry["v"] == "1" and entry["run"] == "run-contract" and entry["trunc"] is None for entry in entries)
+    stamps = [entry["ts"] for entry in entries]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[0] - time.time() * 1_000_000) < 3600 * 1_000_000  # microseconds, not ms or ns
+    start = entries[0]["data"]
+    assert {key: start[key] for key in start if key != "producer"} == {
+        "name": "nightly", "model": "gpt-5-codex", "user_id": "u1", "session_id": "s1", "tags": ["a", "b"],
+        "metadata": {"ci": "yes"}, "environment": "staging", "prompt": "fix it", "cwd": "/w", "codex_version": "0.169.0",
+    }
+    assert start["producer"]["name"] == "codex-langfuse"
+    assert [entry["data"] for entry in entries[1:4]] == [
+        b'{"type":"thread.started"}', b'{"type":"turn.started"}', b"\xff\xfe not utf-8 \x00",
+    ]
+    assert entries[4]["data"] == {"prompt": "from stdin"}
+    assert entries[5]["data"] == {"name": "success", "value": True, "data_type": "BOOLEAN", "comment": "ci"}
+    assert entries[6]["data"] == {"exit_code": 3, "signal": None, "reason": "exited"}
+
+
+def test_sequence_numbers_are_gapless_per_run_with_many_threads(make_producer, fake_server):
+    producer = make_producer()
+    runs = [producer.start_run(run_id=f"threaded-{index}") for index in range(3)]
+    threads_per_run, lines_per_thread = 4, 300
+    results = []
+
+    def emit_all(run, thread_number):
+        results.extend(run.emit(f"{thread_number}:{line}") for line in range(lines_per_thread))
+
+    workers = [threading.Thread(target=emit_all, args=(run, number)) for run in runs for number in range(threads_per_run)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(HANG_GUARD)
+    for run in runs:
+        run.finish(0)
+    assert all(results) and len(results) == len(runs) * threads_per_run * lines_per_thread
+    assert producer.close(30)
+
+    by_run = defaultdict(list)
+    for entry in stream_entries(fake_server):
+        by_run[entry["run"]].append(entry)
+    expected_count = 2 + threads_per_run * lines_per_thread
+    for run in runs:
+        entries = by_run[run.run_id]
+        assert sorted(entry["seq"] for entry in entries) == list(range(expected_count))
+        lines = Counter(entry["data"] for entry in entries if entry["kind"] == "line")
+        assert lines == Counter(f"{t}:{n}".encode() for t in range(threads_per_run) for n in range(lines_per_thread))
+        # the stream order is the sequence order within a run
+        assert [entry["seq"] for entry in entries] == list(range(expected_count))
+
+
+def test_emit_hands_off_while_redis_hangs(make_producer, fake_server):
+    gate = threading.Event()
+    producer = make_producer(redis_client_factory=lambda: GatedClient(fake_server, gate))
+    run = producer.start_run(run_id="hung")
+    results = []
+    emitter = threading.Thread(target=lambda: results.extend(run.emit(f"line {n}") for n in range(2000)))
+    emitter.start()
+    emitter.join(HANG_GUARD)
+    assert not emitter.is_alive() and len(results) == 2000 and all(results)
+    assert producer.stats()["sent"] == 0  # nothing got through the hung client yet...
+    gate.set()
+    run.finish(0)
+    assert producer.close(30)
+    assert len(stream_entries(fake_server)) == 2002  # ...and then everything did
+
+
+def test_full_queue_refuses_counts_and_keeps_the_sequence_gapless(make_producer, fake_server):
+    gate = threading.Event()
+    producer = make_producer(queue_max_bytes=20_000, redis_client_factory=lambda: GatedClient(fake_server, gate))
+    run = producer.start_run(run_id="capped")
+    payload = b"x" * 1000
+    outcomes = [run.emit(payload) for _ in range(100)]
+    accepted = sum(outcomes)
+    assert 0 < accepted < 100
+    assert producer.stats()["dropped_queue_full"] == 100 - accepted
+    gate.set()
+    assert producer.flush(30)
+    assert run.emit(b"after the queue drained")
+    run.finish(0)
+    assert producer.close(30)
+    entries = stream_entries(fake_server)
+    assert [entry["seq"] for entry in entries] == list(range(len(entries)))
+    assert len(entries) == 1 + accepted + 2
+    assert entries[-2]["data"] == b"after the queue drained"
+
+
+def test_start_is_retried_before_the_next_entry_when_the_queue_was_full(make_producer, fake_server):
+    gate = threading.Event()
+    producer = make_producer(queue_max_bytes=5_000, redis_client_factory=lambda: GatedClient(fake_server, gate))
+    filler = producer.start_run(run_id="filler")
+    deadline = time.monotonic() + HANG_GUARD
+    while producer.stats()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the sender took the start entry and now hangs on it: the queue is ours to fill
+    while filler.emit(b"y" * 1000):
+        pass
+    while filler.emit(b"y"):  # top it up to the last few bytes
+        pass
+    late = producer.start_run(run_id="late")  # its start entry does not fit now
+    assert not late.emit(b"dropped with its start")
+    gate.set()
+    assert producer.flush(30)
+    assert late.emit(b"kept")
+    late.finish(0)
+    assert producer.close(30)
+    entries = [entry for entry in stream_entries(fake_server) if entry["run"] == "late"]
+    assert [(entry["seq"], entry["kind"]) for entry in entries] == [(0, "start"), (1, "line"), (2, "end")]
+    assert entries[1]["data"] == b"kept"
+
+
+def test_long_lines_are_cut_and_carry_their_length(make_producer, fake_server):
+    producer = make_producer(max_line_bytes=10)
+    run = producer.start_run(run_id="long")
+    assert run.emit(b"0123456789abcdefghijklmno\n")
+    assert run.emit(b"0123456789")
+    assert run.emit(b"0123456789", original_length=4096)  # already cut by the caller
+    run.finish(0)
+    assert producer.close(10)
+    lines = [entry for entry in stream_entries(fake_server) if entry["kind"] == "line"]
+    assert [(entry["data"], entry["trunc"]) for entry in lines] == [
+        (b"0123456789", 25), (b"0123456789", None), (b"0123456789", 4096),
+    ]
+    assert producer.stats()["truncated"] == 2
+
+
+def test_calls_never_raise_and_count_what_they_refuse(make_producer, fake_server):
+    producer = make_producer()
+    run = producer.start_run(run_id="odd")
+    assert run.emit(12345) is False  # not a line
+    assert run.score("x", float("nan")) is False
+    assert run.score("x", 1, data_type="PERCENT") is False
+    assert run.score("", 1) is False
+    assert run.score("x", {"not": "a score"}) is False
+    assert run.finish("zero") is False
+    assert run.finish(0, reason="vanished") is False
+    assert producer.stats()["errors"] == 7
+    assert run.finish(0) is True
+    assert run.finish(1) is True  # idempotent: the first end stands
+    assert run.emit("after the end") is False
+    assert run.update(prompt="late") is False
+    assert producer.close(10)
+    entries = stream_entries(fake_server)
+    assert [entry["kind"] for entry in entries] == ["start", "end"]
+    assert entries[-1]["data"]["exit_code"] == 0
+
+
+def test_close_ends_open_runs_and_refuses_later_entries(make_producer, fake_server):
+    producer = make_producer()
+    run = producer.start_run(run_id="left-open")
+    run.emit("only line")
+    assert producer.close(10)
+    assert run.emit("too late") is False
+    newcomer = producer.start_run(run_id="after-close")
+    assert newcomer.emit("refused") is False
+    assert producer.stats()["dropped_closed"] >= 1
+    entries = stream_entries(fake_server)
+    assert entries[-1]["kind"] == "end"
+    assert entries[-1]["data"] == {"exit_code": None, "signal": None, "reason": "closed"}
+
+
+def test_invalid_run_id_is_refused_at_start():
+    producer = Producer(redis_url="redis://127.0.0.1:9/0")
+    with pytest.raises(ValueError):
+        producer.start_run(run_id="not/valid")
+    assert producer.close(1)
+
+
+def test_default_run_id_is_a_uuid4(make_producer):
+    import uuid
+
+    run = make_producer().start_run()
+    assert uuid.UUID(run.run_id).version == 4
+
+
+def test_stats_names(make_producer):
+    assert {
+        "submitted", "sent", "spooled", "spool_replayed", "dropped_queue_full", "dropped_spool_full",
+        "truncated", "redis_errors",
+    } <= set(make_producer().stats())
+
+
+_io_log: list | None = None  # (what, thread) while a test records; audit hooks cannot be removed
+
+
+def _audit(event, args):
+    if _io_log is not None and event in ("open", "socket.connect", "socket.sendto", "socket.sendmsg"):
+        _io_log.append((event, threading.current_thread()))
+
+
+sys.addaudithook(_audit)
+
+
+def test_no_file_or_socket_io_on_the_emitting_thread(tmp_path, monkeypatch):
+    """Invariant 1, observed: with Redis refusing, the entries go to the spool - on the sender thread."""
+    global _io_log
+    log: list = []
+    for name in ("write", "pwrite", "fsync"):
+        original = getattr(os, name)
+
+        def recording(*args, _original=original, _name=name):
+            log.append((f"os.{_name}", threading.current_thread()))
+            return _original(*args)
+
+        monkeypatch.setattr(os, name, recording)
+    producer = Producer(redis_url="redis://127.0.0.1:9/0", spool_dir=tmp_path)
+    _io_log = log
+    try:
+        run = producer.start_run(run_id="no-io")
+        results = [run.emit(f"line {n}") for n in range(2000)]
+        results += [run.update(prompt="p"), run.score("s", 1), run.finish(0)]
+        on_caller = [what for what, thread in log if thread is threading.current_thread()]
+        assert producer.flush(HANG_GUARD)
+    finally:
+        _io_log = None
+    assert all(results)
+    assert on_caller == []
+    seen_elsewhere = {what for what, thread in log if thread is not threading.current_thread()}
+    assert {"socket.connect", "os.pwrite"} <= seen_elsewhere  # the sender did try Redis and write the spool
+    assert producer.stats()["spooled"] == 2004
+    producer.close(5)

@@ -199,6 +199,7 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
     else:
         score_report = SendReport(unsent=scores)
     transient = span_report.transient or score_report.transient
+    now = time.time()  # after the attempt: a Retry-After counts from the answer
     attempts = previous.attempts + 1
     first_failure = previous.first_failure or now
     letters = [

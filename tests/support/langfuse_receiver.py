@@ -347,6 +347,11 @@ class _ReceiverView:
         `clear_faults()`."""
         self._control("reject_spans", span_ids=list(span_ids))
 
+    def fail_traces(self, *trace_ids: str, status: int = 503) -> None:
+        """Any OTLP request carrying a span of these traces gets `status` (nothing of it stored),
+        until `clear_faults()`: one run's spans failing while others flow."""
+        self._control("fail_traces", trace_ids=list(trace_ids), status=status)
+
     def down(self, seconds: float) -> None:
         """Close the listening socket and every open connection (clients get connection refused),
         and listen again on the same port after `seconds`."""
@@ -1201,6 +1206,7 @@ class LangfuseReceiver(_ReceiverView):
         self._request_counter = 0
         self._faults: list[_Fault] = []
         self._rejected_span_ids: frozenset[str] = frozenset()
+        self._failing_traces: dict[str, int] = {}
         self._journal_path = Path(state_file) if state_file else None
         self._journal = None
         if self._journal_path is not None:
@@ -1317,6 +1323,7 @@ class LangfuseReceiver(_ReceiverView):
                 self._requests.clear()
                 self._faults.clear()
                 self._rejected_span_ids = frozenset()
+                self._failing_traces = {}
                 if self._journal is not None:
                     self._journal.truncate(0)
             return
@@ -1324,6 +1331,14 @@ class LangfuseReceiver(_ReceiverView):
             with self._lock:
                 self._faults.clear()
                 self._rejected_span_ids = frozenset()
+                self._failing_traces = {}
+            return
+        if action == "fail_traces":
+            trace_ids, status = params["trace_ids"], params["status"]
+            if not isinstance(trace_ids, list) or not isinstance(status, int) or not 400 <= status <= 599:
+                raise ValueError("trace_ids must be a list and status an HTTP error status")
+            with self._lock:
+                self._failing_traces.update({t: status for t in trace_ids})
             return
         if action == "reject_spans":
             span_ids = params["span_ids"]
@@ -1450,6 +1465,13 @@ class LangfuseReceiver(_ReceiverView):
         export = _parse_export(payload.get("resourceSpans"),
                                project_rules=self.strict_project_rules,
                                rejected_span_ids=rejected)
+        with self._lock:
+            failing = {self._failing_traces[f["trace_id"]] for f in export.spans
+                       if f.get("trace_id") in self._failing_traces}
+        if failing:
+            outcome = _error(max(failing), "trace failing on purpose (fail_traces fault)", key="error")
+            outcome.span_ids = export.span_ids
+            return outcome
         if export.problems:
             message = ("Invalid OTLP trace export: " + "; ".join(export.problems)
                        + ". The entire export was rejected and no spans were ingested.")

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
@@ -33,6 +34,7 @@ from producer.entries import (
     END_REASON_EXITED,
     END_REASONS,
     ENTRY_VERSION,
+    F_SHRINK_TO,
     KIND_END,
     KIND_LINE,
     KIND_META,
@@ -40,6 +42,7 @@ from producer.entries import (
     KIND_START,
     KINDS,
     SCORE_DATA_TYPES,
+    SHRINKABLE_FACTOR,
     decode_fields,
     encode_json,
     entry_fields,
@@ -80,6 +83,7 @@ class Run:
         self._unqueued_start: tuple[bytes, int] | None = (start_data, start_ts)
         self._finished = False
         self._pid = os.getpid()
+        self._last_entry_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, trace_id={self.trace_id!r})"
@@ -100,13 +104,18 @@ class Run:
                 raise TypeError(f"a line is bytes or str, not {type(line).__name__}")
             line = strip_line_ending(line)
             limit = self._producer.settings.max_line_bytes
-            trunc = original_length if original_length is not None and original_length > len(line) else None
+            whole = original_length is None or original_length <= len(line)
+            trunc = None if whole else original_length
+            shrink_to = None
             if len(line) > limit:
                 trunc = max(trunc or 0, len(line))
-                line = line[:limit]
+                if whole and len(line) <= limit * SHRINKABLE_FACTOR:
+                    shrink_to = limit  # the sender thread shrinks it as JSON, off the caller's thread
+                else:
+                    line = line[:limit]
             if trunc is not None:
                 self._producer._stats.add("truncated")
-            return self._submit(KIND_LINE, line, trunc=trunc)
+            return self._submit(KIND_LINE, line, trunc=trunc, shrink_to=shrink_to)
         except Exception as exc:
             return self._producer._failed("emit", exc)
 
@@ -152,7 +161,7 @@ class Run:
         except Exception as exc:
             return self._producer._failed("finish", exc)
 
-    def _submit(self, kind: str, data: bytes, trunc: int | None = None) -> bool:
+    def _submit(self, kind: str, data: bytes, trunc: int | None = None, shrink_to: int | None = None) -> bool:
         if os.getpid() != self._pid:
             # a forked child's copy of the run: its sequence numbers would collide with the parent's
             raise RuntimeError(f"run {self.run_id} belongs to process {self._pid}; start a new run after fork")
@@ -163,7 +172,7 @@ class Run:
             if not self._queue_start(sender):
                 self._producer._stats.add("dropped_queue_full")  # this entry, on top of the start
                 return False
-            queued = self._queue(sender, kind, data, now_us(), trunc)
+            queued = self._queue(sender, kind, data, now_us(), trunc, shrink_to)
             if queued and kind == KIND_END:
                 self._finished = True
         if self._finished:
@@ -180,13 +189,22 @@ class Run:
         self._unqueued_start = None
         return True
 
-    def _queue(self, sender: Sender, kind: str, data: bytes, ts: int, trunc: int | None = None) -> bool:
+    def _queue(self, sender: Sender, kind: str, data: bytes, ts: int, trunc: int | None = None,
+               shrink_to: int | None = None) -> bool:
         # called with self._lock held: the sequence number is taken only if the entry is queued
         fields = entry_fields(self.run_id, self._next_seq, kind, data, ts, trunc)
+        if shrink_to is not None:
+            fields[F_SHRINK_TO] = str(shrink_to)
         if not sender.submit(fields, fields_size(fields)):
             return False
         self._next_seq += 1
+        self._last_entry_at = time.monotonic()
         return True
+
+    def _heartbeat(self, silent_for: float) -> None:
+        """An empty `meta` entry when the run has been silent for `silent_for` seconds."""
+        if not self._finished and time.monotonic() - self._last_entry_at >= silent_for:
+            self._submit(KIND_META, b"{}")
 
 
 class Producer:
@@ -201,6 +219,7 @@ class Producer:
         queue_max_bytes: int | None = None,
         spool_max_bytes: int | None = None,
         max_line_bytes: int | None = None,
+        heartbeat_seconds: float | None = None,
         redis_timeout: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         adopt_interval: float = ADOPT_INTERVAL,
@@ -213,11 +232,12 @@ class Producer:
             environ,
             redis_url=redis_url, stream=stream, spool_dir=spool_dir, queue_max_bytes=queue_max_bytes,
             spool_max_bytes=spool_max_bytes, max_line_bytes=max_line_bytes, redis_timeout=redis_timeout,
+            heartbeat_seconds=heartbeat_seconds,
         )
         self._stats = Stats()
         self._sender = Sender(
             self.settings, self._stats, batch_size=batch_size, adopt_interval=adopt_interval,
-            client_factory=redis_client_factory,
+            client_factory=redis_client_factory, ticker=self._heartbeats,
         )
         self._runs_lock = threading.Lock()
         self._open_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
@@ -299,6 +319,13 @@ class Producer:
         # the runs belong to the parent: the child neither ends them on close nor writes to them
         self._runs_lock = threading.Lock()
         self._open_runs = weakref.WeakSet()
+
+    def _heartbeats(self) -> None:
+        """On the sender thread: keep silent open runs from looking abandoned."""
+        with self._runs_lock:
+            runs = list(self._open_runs)
+        for run in runs:
+            run._heartbeat(self.settings.heartbeat_seconds)
 
     def _forget(self, run: Run) -> None:
         with self._runs_lock:

@@ -35,7 +35,7 @@ from producer import Producer, Run, __version__
 from producer.codex_args import (
     CodexCommand, codex_version, git_repository, parse_codex_command, resolve_model,
 )
-from producer.entries import END_REASON_CLOSED, END_REASON_EOF, is_valid_run_id, trace_id
+from producer.entries import END_REASON_CLOSED, END_REASON_EOF, SHRINKABLE_FACTOR, is_valid_run_id, trace_id
 
 PRODUCER_COMMANDS = {
     "run": "run Codex (`run [OPTIONS] -- codex exec --json ...`), passing its output through, and capture it",
@@ -411,7 +411,7 @@ def _metadata_after_start(codex: CodexCommand, args: argparse.Namespace, cwd: st
 def _pass_through(child: subprocess.Popen, run: Run, out: _Output, signals: _Signals, max_line_bytes: int) -> int:
     """Copy Codex's stdout to ours and to the run until it ends; forward signals; return its status."""
     source = child.stdout.fileno()
-    splitter = LineSplitter(max_line_bytes)
+    splitter = LineSplitter(max_line_bytes * SHRINKABLE_FACTOR)
     poller = select.poll()
     poller.register(source, select.POLLIN)
     poller.register(signals.wakeup_fd, select.POLLIN)
@@ -489,7 +489,7 @@ def _tee(args: argparse.Namespace) -> int:
     closed_fds = _reserve_standard_fds()
     producer, run = _start(args)
     out = _Output(1, closed=1 in closed_fds)
-    splitter = LineSplitter(producer.settings.max_line_bytes)
+    splitter = LineSplitter(producer.settings.max_line_bytes * SHRINKABLE_FACTOR)
     signals = _Signals(TEE_STOP_SIGNALS)
     signals.install()
     stopped_by: int | None = None

@@ -25,6 +25,7 @@ ENV_QUEUE_MAX_BYTES = "CODEX_LANGFUSE_QUEUE_MAX_BYTES"
 ENV_SPOOL_MAX_BYTES = "CODEX_LANGFUSE_SPOOL_MAX_BYTES"
 ENV_MAX_LINE_BYTES = "CODEX_LANGFUSE_MAX_LINE_BYTES"
 ENV_REDIS_TIMEOUT = "CODEX_LANGFUSE_PRODUCER_REDIS_TIMEOUT"
+ENV_HEARTBEAT_SECONDS = "CODEX_LANGFUSE_HEARTBEAT_SECONDS"
 
 
 def default_spool_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -43,6 +44,9 @@ class ProducerSettings:
     max_line_bytes: int = 1 * MIB
     # socket connect and read timeout of the sender's Redis client; the runner never waits on it
     redis_timeout: float = 1.0
+    # an open run that printed nothing for this long gets an empty `meta` entry, so the ingest
+    # side can tell a silent Codex (a long command) from a dead producer (idle timeout)
+    heartbeat_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "ProducerSettings":
@@ -57,6 +61,7 @@ class ProducerSettings:
             "spool_max_bytes": _positive(environ, ENV_SPOOL_MAX_BYTES, int, defaults.spool_max_bytes),
             "max_line_bytes": _positive(environ, ENV_MAX_LINE_BYTES, int, defaults.max_line_bytes),
             "redis_timeout": _positive(environ, ENV_REDIS_TIMEOUT, float, defaults.redis_timeout),
+            "heartbeat_seconds": _positive(environ, ENV_HEARTBEAT_SECONDS, float, defaults.heartbeat_seconds),
         }
         for key, value in overrides.items():
             if key not in values:

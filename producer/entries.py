@@ -38,6 +38,11 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # field names of a stream entry
 F_VERSION, F_RUN, F_SEQ, F_TS, F_KIND, F_DATA, F_TRUNC = "v", "run", "seq", "ts", "kind", "data", "trunc"
+# not a stream field: asks the sender thread to shrink an oversized line to this many bytes
+F_SHRINK_TO = "_shrink_to"
+# Lines up to this many times the line limit are shrunk as JSON (their long strings cut, so
+# the line still parses and the item it completes keeps its exit code); longer ones are cut.
+SHRINKABLE_FACTOR = 16
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -84,6 +89,51 @@ def entry_fields(run: str, seq: int, kind: str, data: bytes, ts: int, trunc: int
     if trunc is not None:
         fields[F_TRUNC] = str(trunc)
     return fields
+
+
+class _Object(list):
+    """A JSON object as its (key, value) pairs: order and duplicate keys survive re-encoding
+    (Codex prints web_search items with "id" twice)."""
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, _Object):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_encode(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_encode(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _cut_strings(value: Any, longest: int) -> Any:
+    if isinstance(value, str):
+        if len(value) <= longest:
+            return value
+        return f"{value[:longest]}…[{len(value) - longest} characters cut by codex-langfuse]"
+    if isinstance(value, _Object):
+        return _Object((k, _cut_strings(v, longest)) for k, v in value)
+    if isinstance(value, list):
+        return [_cut_strings(v, longest) for v in value]
+    return value
+
+
+def shrink_json_line(line: bytes, limit: int) -> bytes | None:
+    """`line` (a JSON object) re-encoded within `limit` bytes by cutting its longest strings, or
+    None when it is not JSON or cannot fit that way. Costs a parse: call it off the caller's thread."""
+    try:
+        document = json.loads(line, object_pairs_hook=_Object)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, _Object):
+        return None
+    low, high, best = 64, len(line), None
+    while low <= high:  # the longest string length that still fits
+        middle = (low + high) // 2
+        encoded = _encode(_cut_strings(document, middle)).encode("utf-8", "surrogateescape")
+        if len(encoded) <= limit:
+            best, low = encoded, middle + 1
+        else:
+            high = middle - 1
+    return best
 
 
 def fields_size(fields: Mapping[str, Any]) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from producer.config import ProducerSettings, default_spool_dir
+from producer.entries import F_DATA, F_SHRINK_TO, shrink_json_line
 from producer.spool import SpoolFile, encode_record, orphan_candidates
 
 logger = logging.getLogger("codex_langfuse.producer")
@@ -102,6 +103,7 @@ class Sender:
         batch_size: int = DEFAULT_BATCH_SIZE,
         adopt_interval: float = ADOPT_INTERVAL,
         client_factory: Callable[[], Any] | None = None,
+        ticker: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats if stats is not None else Stats()
@@ -109,6 +111,8 @@ class Sender:
         self._batch_size = batch_size
         self._adopt_interval = adopt_interval
         self._client_factory = client_factory or self._default_client
+        # called on the sender thread every heartbeat_seconds (the producer's run heartbeats)
+        self._ticker = ticker
         self._reset()
         _senders.add(self)
 
@@ -132,6 +136,7 @@ class Sender:
         self._retry_at = 0.0
         self._backoff = 0.0
         self._next_adoption_at = 0.0
+        self._next_tick_at = time.monotonic() + self.settings.heartbeat_seconds
         self._outage = False
         self._spool_full_episode = False
         self._spool_error_episode = False
@@ -234,6 +239,7 @@ class Sender:
                 if batch:
                     self._deliver(batch)
                 self._background_step()
+                self._tick()
                 self._report_queue_drops()
                 self.stats.log_notes()
             except Exception:
@@ -263,12 +269,22 @@ class Sender:
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()
+        tick = self._next_tick_at - now if self._ticker is not None else float("inf")
         if (self._spool is not None and self._spool.pending) or self._adopted is not None:
-            return self._retry_at - now
-        return self._next_adoption_at - now
+            return min(self._retry_at - now, tick)
+        return min(self._next_adoption_at - now, tick)
+
+    def _tick(self) -> None:
+        if self._ticker is None or time.monotonic() < self._next_tick_at:
+            return
+        self._next_tick_at = time.monotonic() + self.settings.heartbeat_seconds
+        self._ticker()
 
     def _deliver(self, batch: list) -> None:
         try:
+            for fields in batch:
+                if F_SHRINK_TO in fields:
+                    _shrink(fields)
             if (self._spool is not None and self._spool.pending) or time.monotonic() < self._retry_at:
                 self._append_to_spool(batch)
                 return
@@ -464,6 +480,13 @@ class Sender:
                 pass
             self._client = None
         self.stats.log_notes()
+
+
+def _shrink(fields: dict) -> None:
+    """An oversized line: its long strings cut so it stays JSON, else the plain cut."""
+    limit = int(fields.pop(F_SHRINK_TO))
+    line = fields[F_DATA]
+    fields[F_DATA] = shrink_json_line(line, limit) or line[:limit]
 
 
 def _redact(url: str) -> str:

@@ -1001,6 +1001,26 @@ def test_cut_completion_line_still_closes_its_item():
     assert "the run ended while it was running" not in (command.status_message or "")
 
 
+def test_a_line_the_producer_shrank_keeps_its_exit_code():
+    """The producer shrinks an oversized JSON line by cutting its strings (trunc = original size):
+    it still parses, so the command completes with its real exit code and status."""
+    from producer.entries import shrink_json_line
+
+    lines = fixture_lines(F_FAILED_CMD)
+    done = json.loads(lines[4])
+    done["item"]["aggregated_output"] = "z" * 50_000
+    original = json.dumps(done, separators=(",", ":")).encode()
+    shrunk = shrink_json_line(original, 2_000)
+    entries = run_entries(lines)
+    entries[5] = Entry(run=RUN, seq=5, ts=ts_of(5), kind="line", data=shrunk.decode(), trunc=len(original))
+    result = fold(new_state(RUN), entries, CTX)
+    command = only(result, "tool", "command")
+    assert (command.level, command.status_message, command.metadata["exit_code"]) == ("ERROR", "exit code 2", 2)
+    assert "characters cut by codex-langfuse" in command.output
+    counters = root_of(result).metadata["counters"]
+    assert (counters["truncated_lines"], counters["invalid_lines"]) == (1, 0)
+
+
 def test_unknown_fields_on_tools_are_kept():
     lines = fixture_lines(F_FULL)
     lines[5] = json.dumps({"type": "item.completed", "item": item(F_FULL, 5) | {"duration_ms": 12, "sandbox": "x"}})

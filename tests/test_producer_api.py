@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import sys
 import threading
@@ -207,6 +209,49 @@ def test_long_lines_are_cut_and_carry_their_length(make_producer, fake_server):
         (b"0123456789", 25), (b"0123456789", None), (b"0123456789", 4096),
     ]
     assert producer.stats()["truncated"] == 2
+
+
+def test_an_oversized_json_line_is_shrunk_so_it_still_parses(make_producer, fake_server):
+    """A command with megabytes of output: its item.completed line keeps exit code and status."""
+    output = "".join(f"line {n}\n" for n in range(200_000))  # ~1.3 MB
+    line = ('{"type":"item.completed","item":{"id":"item_3","type":"command_execution","id":"dup",'
+            f'"command":"make test","aggregated_output":{json.dumps(output)},"exit_code":2,"status":"failed"}}}}')
+    producer = make_producer(max_line_bytes=256 * 1024)  # the line is ~2.5 MB: within 16x, shrinkable
+    run = producer.start_run(run_id="big-output")
+    assert run.emit(line.encode())
+    run.finish(2)
+    assert producer.close(10)
+    [entry] = [e for e in stream_entries(fake_server) if e["kind"] == "line"]
+    assert entry["trunc"] == len(line.encode())
+    assert len(entry["data"]) <= 256 * 1024
+    text = entry["data"].decode()
+    assert text.count('"id":') == 2  # order and the duplicate key survive
+    item = json.loads(text)["item"]
+    assert (item["exit_code"], item["status"], item["command"]) == (2, "failed", "make test")
+    assert item["aggregated_output"].startswith("line 0\nline 1\n")
+    assert "characters cut by codex-langfuse" in item["aggregated_output"]
+
+
+def test_a_silent_open_run_sends_heartbeats_and_a_finished_one_does_not(make_producer, fake_server):
+    """Codex silent in a long command must not look like a dead producer to the idle timeout."""
+    producer = make_producer(heartbeat_seconds=0.05)
+    quiet = producer.start_run(run_id="quiet")
+    done = producer.start_run(run_id="done")
+    done.finish(0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert producer.flush(5)
+        beats = [e for e in stream_entries(fake_server) if e["run"] == "quiet" and e["kind"] == "meta"]
+        if len(beats) >= 2:
+            break
+        time.sleep(0.02)
+    assert len(beats) >= 2 and all(beat["data"] == {} for beat in beats)
+    quiet.emit(b'{"type":"turn.started"}')
+    quiet.finish(0)
+    assert producer.close(10)
+    seqs = [e["seq"] for e in stream_entries(fake_server) if e["run"] == "quiet"]
+    assert seqs == list(range(len(seqs)))  # heartbeats take sequence numbers: still gapless
+    assert [e["kind"] for e in stream_entries(fake_server) if e["run"] == "done"] == ["start", "end"]
 
 
 def test_calls_never_raise_and_count_what_they_refuse(make_producer, fake_server):

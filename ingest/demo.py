@@ -33,7 +33,8 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
     fixture_path = Path(fixture) if fixture else RECORDED_RUN
     server = LocalRedis().start()
     spool = tempfile.mkdtemp(prefix="codex-langfuse-demo-spool-")
-    env = {**os.environ, "REDIS_URL": server.url, "CODEX_LANGFUSE_SPOOL_DIR": spool}
+    env = {**os.environ, "REDIS_URL": server.url, "CODEX_LANGFUSE_SPOOL_DIR": spool,
+           "CODEX_LANGFUSE_LOG_LEVEL": os.environ.get("CODEX_LANGFUSE_LOG_LEVEL", "WARNING")}
     command = [sys.executable, "-m", "producer.cli"]
     processes: list[subprocess.Popen] = []
     run_id = f"demo-{uuid.uuid4()}"
@@ -43,8 +44,7 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
             processes.append(subprocess.Popen([*command, role], env=env))
         with open(fixture_path, "rb") as stdin:
             subprocess.run([*command, "tee", "--run-id", run_id, "--model", model, "--name", "codex demo",
-                            "--tag", "demo", "--metadata", f"fixture={fixture_path.name}",
-                            "--metadata", f"prompt_note={PROMPT}"],
+                            "--tag", "demo", "--metadata", f"fixture={fixture_path.name}", "--prompt", PROMPT],
                            stdin=stdin, stdout=subprocess.DEVNULL, env=env, check=True)
         delivered = wait_delivered(settings.model_copy(update={"redis_url": server.url}), run_id, timeout)
     finally:

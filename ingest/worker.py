@@ -37,5 +37,4 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     jobs.use_context(jobs.WorkerContext.build(settings))
     logging.getLogger("codex_langfuse").info("worker sending to %s", jobs.context().transport.describe())
     worker = make_worker(settings, name)
-    return worker.work(burst=burst, with_scheduler=True, logging_level=logging.getLevelName(
-        logging.getLogger().level if logging.getLogger().level else logging.INFO))
+    return worker.work(burst=burst, with_scheduler=True, logging_level=logging.getLevelName(logging.getLogger().level))

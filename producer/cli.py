@@ -110,6 +110,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="trace metadata (repeatable)")
     parser.add_argument("--name", help="trace name (default: codex exec)")
     parser.add_argument("--environment", help="Langfuse environment")
+    parser.add_argument("--prompt", help="the prompt, as the trace's input (default for run: from Codex's "
+                                         "arguments or stdin)")
     parser.add_argument("--flush-timeout", type=float, default=DEFAULT_FLUSH_TIMEOUT, metavar="SECONDS",
                         help="longest wait at exit for delivery to Redis or the spool (default: %(default)s)")
 
@@ -163,6 +165,8 @@ def _start(args: argparse.Namespace, **start_data) -> tuple[Producer, Run]:
     producer = Producer()
     run_id = args.run_id or str(uuid.uuid4())
     metadata = dict(args.metadata) or None
+    if args.prompt is not None:
+        start_data["prompt"] = args.prompt
     run = producer.start_run(
         run_id=run_id, model=args.model or start_data.pop("model", None), name=args.name,
         user_id=args.user_id, session_id=args.session_id, tags=args.tag, metadata=metadata,

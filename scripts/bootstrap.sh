@@ -10,7 +10,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.codex-langfuse-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    echo "installing codex-langfuse and its dependencies into .venv" >&2
+    if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' > .venv/install.log 2>&1; then
+        cat .venv/install.log >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
 

@@ -7,13 +7,12 @@ read entries back from there. `pack`/`unpack` is the compact JSON kept in the ru
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-KINDS = ("start", "line", "meta", "score", "end")
+from producer.entries import is_valid_run_id
+
 
 
 class InvalidEntry(ValueError):
@@ -34,7 +33,7 @@ class Entry(BaseModel):
     @field_validator("run")
     @classmethod
     def _run_id(cls, value: str) -> str:
-        if not RUN_ID.match(value):
+        if not is_valid_run_id(value):
             raise ValueError("run id must be 1-128 characters of [A-Za-z0-9._:-]")
         return value
 

@@ -30,7 +30,7 @@ from ingest.otlp import encode_span
 from ingest.pricing import PriceTable
 from ingest.runs import DeliveryState, LeaseLost, RunStore
 from ingest.settings import Settings, get_settings
-from ingest.transport import RETRIES_EXHAUSTED, DeliveryError, Transport, make_transport
+from ingest.transport import RETRIES_EXHAUSTED, Transport, make_transport
 
 log = logging.getLogger("codex_langfuse.worker")
 
@@ -216,13 +216,12 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
     with ctx.redis.pipeline(transaction=True) as pipe:
         if transient is not None and now - first_failure >= settings.retry_for:
             message = f"gave up after {attempts} attempts over {now - first_failure:.0f} s: {transient.message}"
-            exhausted = DeliveryError(message, transient=False, reason=RETRIES_EXHAUSTED)
             if span_report.unsent:
-                letters.append(DeadLetter.new(run_id, trace_id, "spans", span_report.unsent, exhausted.reason,
+                letters.append(DeadLetter.new(run_id, trace_id, "spans", span_report.unsent, RETRIES_EXHAUSTED,
                                               message, attempts, first_failure))
                 settled_spans += [s["spanId"] for s in span_report.unsent]
             if score_report.unsent:
-                letters.append(DeadLetter.new(run_id, trace_id, "scores", score_report.unsent, exhausted.reason,
+                letters.append(DeadLetter.new(run_id, trace_id, "scores", score_report.unsent, RETRIES_EXHAUSTED,
                                               message, attempts, first_failure))
                 settled_scores += [s["id"] for s in score_report.unsent]
             transient = None

@@ -67,7 +67,7 @@ def encode_span(obs: Observation, policy: ContentPolicy) -> dict[str, Any]:
         attributes.append({"key": A.TRACE_TAGS,
                            "value": {"arrayValue": {"values": [{"stringValue": t} for t in trace.tags]}}})
     for key, value in trace.metadata.items():
-        if value is not None:
+        if value is not None and (policy.capture or key not in CONTENT_METADATA):
             put(f"{A.TRACE_METADATA}.{key}", _metadata_value(policy, key, value))
 
     put(A.OBSERVATION_STATUS_MESSAGE, policy.clean(obs.status_message) if obs.status_message else None)

@@ -297,6 +297,10 @@ def test_capture_off_sends_no_input_or_output(name):
             assert json.loads(found[A.OBSERVATION_USAGE_DETAILS]) == obs.usage_details
         if obs.cost_details is not None:
             assert A.OBSERVATION_COST_DETAILS in found
+        # and no paths or fields passed through unread
+        leaked = [key for key in found if key.rsplit(".", 1)[-1] in ("files_changed", "extra_fields", "cwd")]
+        assert leaked == []
+        assert not any("/home/dev/project" in str(value) for value in found.values())
 
 
 def test_caps_apply_to_inputs_outputs_and_metadata():

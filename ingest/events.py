@@ -172,25 +172,13 @@ def parse_item(raw: Any) -> Item:
 # ---- legacy format (Rust --json <= 0.42) ----------------------------------------------------
 
 
-class LegacyTokenUsage(Tolerant):
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_output_tokens: int = 0
+class LegacyTokenUsage(Usage):
+    """One model request's usage in `token_count` (the same counters, plus a total)."""
+
     total_tokens: int = 0
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _null_is_zero(cls, value: Any) -> Any:
-        return 0 if value is None else value
-
     def as_usage(self) -> Usage:
-        return Usage(
-            input_tokens=self.input_tokens,
-            cached_input_tokens=self.cached_input_tokens,
-            output_tokens=self.output_tokens,
-            reasoning_output_tokens=self.reasoning_output_tokens,
-        )
+        return Usage(**{name: getattr(self, name) for name in USAGE_FIELDS})
 
 
 # ---- one line ---------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import Any
 import redis
 from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-from rq.serializers import JSONSerializer
 
 from ingest import connections
 from ingest.deadletters import DeadLetters

@@ -21,3 +21,15 @@ def redis_server():
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """A whole pipeline of real processes (tests/support/stack.py), torn down by pid."""
+    from tests.support.stack import Stack
+
+    stack = Stack(tmp_path)
+    try:
+        yield stack
+    finally:
+        stack.close()

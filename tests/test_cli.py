@@ -10,7 +10,7 @@ import pytest
 
 from ingest.observations import score_id, trace_id
 from tests.conftest import CODEX_FIXTURES
-from tests.support.stack import REPO, Stack
+from tests.support.stack import REPO
 from tests.test_pipeline import TS0, fixture_lines, meta_for
 
 pytestmark = pytest.mark.integration
@@ -33,15 +33,6 @@ def test_demo_runs_end_to_end_into_the_local_sink_and_shows_the_trace(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "producer.cli", "show", run_id], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "agent      codex demo" in shown.stdout
-
-
-@pytest.fixture
-def stack(tmp_path):
-    stack = Stack(tmp_path)
-    try:
-        yield stack
-    finally:
-        stack.close()
 
 
 def test_score_attaches_to_a_finished_run_once_per_value_and_overwrites_on_change(stack):

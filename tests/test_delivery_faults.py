@@ -28,15 +28,6 @@ FAILED_COMMAND = CODEX_FIXTURES / "real_run_0.169.0_command_failed.jsonl"
 MCP = CODEX_FIXTURES / "real_run_0.169.0_mcp_tool_call.jsonl"
 
 
-@pytest.fixture
-def stack(tmp_path):
-    stack = Stack(tmp_path)
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
 def start_backend(stack: Stack, workers: int = 1) -> None:
     stack.start("dispatch")
     for i in range(workers):

@@ -32,15 +32,6 @@ FIXTURES = sorted(CODEX_FIXTURES.glob("real_run_*.jsonl")) + [CODEX_FIXTURES / "
 TS0 = 1_790_000_000_000_000
 
 
-@pytest.fixture
-def stack(tmp_path):
-    stack = Stack(tmp_path)
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
 def fixture_lines(path: Path) -> list[bytes]:
     """The recorded lines; a run id ending in `.copy<n>` gets its own Codex thread id, since two
     runs printing one thread id are a resume (and would share thread-cumulative usage)."""

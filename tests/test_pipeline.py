@@ -228,3 +228,27 @@ def test_invalid_stream_entries_go_to_the_poison_stream_and_the_rest_flows(stack
     poison = stack.redis.xrange(stack.keys.poison)
     assert len(poison) == 2
     assert all(b"invalid entry" in fields[b"_reason"] for _, fields in poison)
+
+
+def test_an_entry_that_keeps_failing_in_the_dispatcher_is_moved_aside(tmp_path):
+    """Filing fails for one run's entries (its log key holds the wrong type): they are retried
+    MAX_DELIVERIES times, then moved to the poison stream; the other runs never wait for them."""
+    stack = Stack(tmp_path, max_deliveries=2, claim_min_idle_ms=300)
+    try:
+        stack.redis.set(stack.keys.log("cursed"), "not a hash")
+        path = CODEX_FIXTURES / "real_run_0.169.0_mcp_tool_call.jsonl"
+        stack.feed("cursed", fixture_lines(path), meta=meta_for(path), ts0=TS0)
+        stack.feed("blessed", fixture_lines(path), meta=meta_for(path), ts0=TS0)
+        stack.start("dispatch")
+        stack.start("worker")
+        stack.wait(lambda: stack.settled(["blessed"]), what="the healthy run")
+        cursed = len(fixture_lines(path)) + 2
+        stack.wait(lambda: stack.redis.xlen(stack.keys.poison) == cursed, what="the failing entries to be moved aside")
+        poisoned = stack.redis.xrange(stack.keys.poison)
+        assert {fields[b"run"] for _, fields in poisoned} == {b"cursed"}
+        assert all(b"failed 3 times in the dispatcher" in fields[b"_reason"] for _, fields in poisoned)
+        settings = stack.settings()
+        assert stack.redis.xpending(settings.stream, stack.keys.group)["pending"] == 0
+        assert_trace_equals_mapping(stack, "blessed", path)
+    finally:
+        stack.close()

@@ -101,14 +101,20 @@ def cmd_replay(settings: Any, args: argparse.Namespace) -> int:
     from ingest.jobs import WorkerContext
     from ingest.replay import replay, terminal_progress
 
+    from ingest.replay import ReplayBusy
+
     now = time.time()
-    report = replay(
-        WorkerContext.build(settings),
-        run_id=args.run_id, reason=args.reason, limit=args.limit, dry_run=args.dry_run,
-        older_than=now - args.older_than if args.older_than is not None else None,
-        newer_than=now - args.newer_than if args.newer_than is not None else None,
-        progress=None if args.json else terminal_progress,
-    )
+    try:
+        report = replay(
+            WorkerContext.build(settings),
+            run_id=args.run_id, reason=args.reason, limit=args.limit, dry_run=args.dry_run,
+            older_than=now - args.older_than if args.older_than is not None else None,
+            newer_than=now - args.newer_than if args.newer_than is not None else None,
+            progress=None if args.json else terminal_progress,
+        )
+    except ReplayBusy as exc:
+        print(f"codex-langfuse replay: {exc}", file=sys.stderr)
+        return 3
     if args.json:
         print(json.dumps(report.as_dict()))
     else:

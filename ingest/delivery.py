@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ingest.ledger import Ledger, score_key
 from ingest.observations import Score
@@ -87,11 +87,15 @@ class Delivery:
 
     # ---- spans ----
 
-    def send_spans(self, trace_id: str, spans: list[dict[str, Any]], in_doubt: bool = False) -> SendReport:
+    def send_spans(self, trace_id: str, spans: list[dict[str, Any]], in_doubt: bool = False,
+                   keep_alive: Callable[[], None] = lambda: None) -> SendReport:
+        """`keep_alive` runs before each request: a worker renews its lease on the run there (and
+        stops, raising, if it lost it — another worker then delivers)."""
         report = SendReport()
         done = self.ledger.accepted(trace_id, (span_key(s) for s in spans))
         if in_doubt and len(done) < len(spans):
             try:
+                keep_alive()
                 present = self.transport.existing_span_ids(trace_id) & {span_key(s) for s in spans}
             except DeliveryError as error:
                 if not error.transient:
@@ -106,7 +110,7 @@ class Delivery:
         batches = list(self._batches(pending))
         for index, batch in enumerate(batches):
             try:
-                self._send_span_batch(trace_id, batch, report)
+                self._send_span_batch(trace_id, batch, report, keep_alive)
             except _Stop as stop:
                 report.transient = stop.error
                 report.unsent = [s for b in batches[index:] for s in b if span_key(s) not in set(report.accepted)]
@@ -131,7 +135,9 @@ class Delivery:
         if batch:
             yield batch
 
-    def _send_span_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport) -> None:
+    def _send_span_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport,
+                         keep_alive: Callable[[], None]) -> None:
+        keep_alive()
         try:
             self.transport.export(batch)
         except DeliveryError as error:
@@ -139,13 +145,13 @@ class Delivery:
                 raise _Stop(error) from error
             if error.reason in (REJECTED, TOO_LARGE) and len(batch) > 1:
                 middle = len(batch) // 2
-                self._send_span_batch(trace_id, batch[:middle], report)
-                self._send_span_batch(trace_id, batch[middle:], report)
+                self._send_span_batch(trace_id, batch[:middle], report, keep_alive)
+                self._send_span_batch(trace_id, batch[middle:], report, keep_alive)
                 return
             if error.reason == TOO_LARGE:
                 smaller = shrink_span(batch[0])
                 if smaller is not None:
-                    self._send_span_batch(trace_id, [smaller], report)
+                    self._send_span_batch(trace_id, [smaller], report, keep_alive)
                     return
             report.rejected.append((batch, error))
             return
@@ -155,21 +161,24 @@ class Delivery:
 
     # ---- scores ----
 
-    def send_scores(self, trace_id: str, scores: list[dict[str, Any]]) -> SendReport:
+    def send_scores(self, trace_id: str, scores: list[dict[str, Any]],
+                    keep_alive: Callable[[], None] = lambda: None) -> SendReport:
         report = SendReport()
         done = self.ledger.accepted(trace_id, (score_key(s) for s in scores))
         report.skipped = sorted(done)
         pending = [s for s in scores if score_key(s) not in done]
         try:
             if pending:
-                self._send_score_batch(trace_id, pending, report)
+                self._send_score_batch(trace_id, pending, report, keep_alive)
         except _Stop as stop:
             report.transient = stop.error
             accepted = set(report.accepted)
             report.unsent = [s for s in pending if score_key(s) not in accepted]
         return report
 
-    def _send_score_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport) -> None:
+    def _send_score_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport,
+                          keep_alive: Callable[[], None]) -> None:
+        keep_alive()
         try:
             outcome = self.transport.post_scores(batch)
         except DeliveryError as error:
@@ -177,7 +186,7 @@ class Delivery:
                 raise _Stop(error) from error
             if error.reason == REJECTED and len(batch) > 1:
                 for score in batch:
-                    self._send_score_batch(trace_id, [score], report)
+                    self._send_score_batch(trace_id, [score], report, keep_alive)
                 return
             report.rejected.append((batch, error))
             return
@@ -186,7 +195,7 @@ class Delivery:
                 # 207 does not say which scores failed; a score with the same id overwrites, so
                 # sending them one by one is harmless and tells.
                 for score in batch:
-                    self._send_score_batch(trace_id, [score], report)
+                    self._send_score_batch(trace_id, [score], report, keep_alive)
                 return
             report.rejected.append((batch, DeliveryError("; ".join(outcome.errors)[:2000], transient=False)))
             return

@@ -10,11 +10,12 @@ last commit.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 import redis
 from rq import Queue, Retry
@@ -28,7 +29,8 @@ from ingest.keys import Keys
 from ingest.ledger import Ledger, score_key
 from ingest.otlp import encode_span
 from ingest.pricing import PriceTable
-from ingest.runs import DeliveryState, LeaseLost, RunStore
+from ingest.lease import LeaseLost
+from ingest.runs import DeliveryState, RunStore
 from ingest.settings import Settings, get_settings
 from ingest.transport import RETRIES_EXHAUSTED, Transport, make_transport
 
@@ -121,7 +123,7 @@ def process_run(run_id: str) -> dict[str, Any]:
     try:
         state = fold_new_entries(ctx, run_id, token, summary)
         store.renew(run_id, token)
-        deliver_outbox(ctx, run_id, state.trace_id, summary)
+        deliver_outbox(ctx, run_id, state.trace_id, summary, keep_alive=lambda: store.renew(run_id, token))
     except LeaseLost:
         summary["lease_lost"] = True
         log.warning("run %s: lease lost, another worker continues", run_id)
@@ -181,21 +183,24 @@ def backoff(settings: Settings, attempts: int, retry_after: float | None) -> flo
     return max(delay, retry_after or 0.0)
 
 
-def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict[str, Any]) -> None:
+def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict[str, Any],
+                   keep_alive: Callable[[], None]) -> None:
     store, settings = ctx.store, ctx.settings
     previous = store.delivery_state(run_id)
     now = time.time()
-    if previous.next_attempt_at and previous.next_attempt_at > now + 1:
-        summary["retry_at"] = previous.next_attempt_at  # a scheduled job delivers then
+    if previous.next_attempt_at and previous.next_attempt_at > now:
+        # Not before Langfuse asked (Retry-After) or the backoff allows: the scheduled job
+        # delivers then, or, if it was lost, the dispatcher's sweep wakes the run afterwards.
+        summary["retry_at"] = previous.next_attempt_at
         return
     spans, scores = store.outbox(run_id)
     if not spans and not scores:
         return
     store.mark_in_flight(run_id)
     in_doubt = previous.in_doubt or previous.in_flight
-    span_report = ctx.delivery.send_spans(trace_id, spans, in_doubt=in_doubt)
+    span_report = ctx.delivery.send_spans(trace_id, spans, in_doubt=in_doubt, keep_alive=keep_alive)
     if span_report.transient is None:
-        score_report = ctx.delivery.send_scores(trace_id, scores)
+        score_report = ctx.delivery.send_scores(trace_id, scores, keep_alive=keep_alive)
     else:
         score_report = SendReport(unsent=scores)
     transient = span_report.transient or score_report.transient
@@ -242,8 +247,10 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
         summary["retry_in"] = retry_in
         log.warning("run %s: delivery failed (%s), attempt %d, retrying in %.1f s",
                     run_id, transient.message if transient else "", attempts, retry_in)
-        ctx.queue.enqueue_in(timedelta(seconds=retry_in), process_run, run_id,
-                             description=f"process_run {run_id} (delivery retry)", **JOB_OPTIONS)
+        # RQ's scheduler keeps whole seconds (it truncates): round up, never run early.
+        at = datetime.fromtimestamp(math.ceil(now + retry_in), tz=timezone.utc)
+        ctx.queue.enqueue_at(at, process_run, run_id, description=f"process_run {run_id} (delivery retry)",
+                             **JOB_OPTIONS)
     for letter in letters:
         log.error("run %s: %d %s dead-lettered (%s): %s", run_id, len(letter.items), letter.kind, letter.reason,
                   letter.message[:300])

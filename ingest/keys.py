@@ -56,6 +56,10 @@ class Keys:
         return f"{self.prefix}:deadletters:index"
 
     @property
+    def replay_lock(self) -> str:  # STRING lease: one replay at a time
+        return f"{self.prefix}:replay:lock"
+
+    @property
     def poison(self) -> str:  # STREAM of stream entries the dispatcher could not file
         return f"{self.prefix}:events:poison"
 

@@ -8,6 +8,8 @@ any point and run again, it sends each observation once.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +18,15 @@ from typing import Callable
 from ingest.deadletters import DeadLetter, item_id
 from ingest.delivery import SendReport
 from ingest.jobs import WorkerContext
+from ingest.lease import Leases
+
+
+# The lock of a replay that was killed frees itself this long after its last renewal.
+LOCK_SECONDS = 30
+
+
+class ReplayBusy(Exception):
+    pass
 
 
 @dataclass
@@ -35,24 +46,59 @@ class ReplayReport:
 
 def replay(ctx: WorkerContext, *, run_id: str | None = None, reason: str | None = None,
            older_than: float | None = None, newer_than: float | None = None, limit: int | None = None,
-           dry_run: bool = False, progress: Callable[[int, int], None] | None = None) -> ReplayReport:
-    letters = list(ctx.dead_letters.select(run_id=run_id, reason=reason, older_than=older_than,
-                                           newer_than=newer_than, limit=limit))
-    report = ReplayReport(letters=len(letters), dry_run=dry_run)
-    for index, letter in enumerate(letters, 1):
-        keys = [_ledger_key(letter, item) for item in letter.items]
-        already = ctx.ledger.accepted(letter.trace_id, keys)
-        if dry_run:
-            report.skipped += len(already)
-            report.replayed += len(keys) - len(already)
-        else:
-            stop = _replay_one(ctx, letter, report)
-            if stop:
+           dry_run: bool = False, progress: Callable[[int, int], None] | None = None,
+           wait: float = LOCK_SECONDS + 5) -> ReplayReport:
+    leases = Leases(ctx.redis, LOCK_SECONDS)
+    token = None if dry_run else _wait_for_lock(leases, ctx.keys.replay_lock, wait)
+    try:
+        letters = list(ctx.dead_letters.select(run_id=run_id, reason=reason, older_than=older_than,
+                                               newer_than=newer_than, limit=limit))
+        report = ReplayReport(letters=len(letters), dry_run=dry_run)
+        for index, letter in enumerate(letters, 1):
+            if dry_run:
+                keys = [_ledger_key(letter, item) for item in letter.items]
+                already = ctx.ledger.accepted(letter.trace_id, keys)
+                report.skipped += len(already)
+                report.replayed += len(keys) - len(already)
+            elif _replay_one(ctx, letter, report, keep_alive=lambda: leases.renew(ctx.keys.replay_lock, token)):
                 report.not_attempted += sum(len(rest.items) for rest in letters[index:])
                 break
-        if progress:
-            progress(index, len(letters))
-    return report
+            if progress:
+                progress(index, len(letters))
+        return report
+    finally:
+        if token is not None:
+            leases.release(ctx.keys.replay_lock, token)
+
+
+def _wait_for_lock(leases: Leases, key: str, wait: float) -> str:
+    """One replay at a time (two could send the same letter twice). A killed replay's lock frees
+    itself LOCK_SECONDS after its last renewal; one of a dead process on this host is taken at once."""
+    host = socket.gethostname()
+    deadline = time.monotonic() + wait
+    while True:
+        token = leases.acquire(key, owner=f"{host}:{os.getpid()}:")
+        if token is not None:
+            return token
+        holder = leases.holder(key) or ""
+        holder_host, _, rest = holder.partition(":")
+        holder_pid = rest.partition(":")[0]
+        if holder_host == host and holder_pid.isdigit() and not _alive(int(holder_pid)):
+            leases.release(key, holder)
+            continue
+        if time.monotonic() >= deadline:
+            raise ReplayBusy(f"another replay is running (waited {wait:.0f} s)")
+        time.sleep(0.25)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _ledger_key(letter: DeadLetter, item: dict) -> str:
@@ -61,13 +107,14 @@ def _ledger_key(letter: DeadLetter, item: dict) -> str:
     return item["spanId"] if letter.kind == "spans" else score_key(item)
 
 
-def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport) -> bool:
+def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport, keep_alive: Callable[[], None]) -> bool:
     """Replay one letter; True when Langfuse is unreachable and replay should stop."""
     ctx.dead_letters.add([letter.model_copy(update={"in_flight": True})])
     if letter.kind == "spans":
-        sent: SendReport = ctx.delivery.send_spans(letter.trace_id, letter.items, in_doubt=letter.in_flight)
+        sent: SendReport = ctx.delivery.send_spans(letter.trace_id, letter.items, in_doubt=letter.in_flight,
+                                                   keep_alive=keep_alive)
     else:
-        sent = ctx.delivery.send_scores(letter.trace_id, letter.items)
+        sent = ctx.delivery.send_scores(letter.trace_id, letter.items, keep_alive=keep_alive)
     report.replayed += len(sent.accepted)
     report.skipped += len(sent.skipped)
     still_refused = [item for batch, _ in sent.rejected for item in batch]

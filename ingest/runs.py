@@ -9,7 +9,6 @@ lease (it stalled past the lease time and another took over) commits nothing.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -19,20 +18,9 @@ from ingest.entries import Entry
 from ingest.events import Usage
 from ingest.fold import RunState
 from ingest.keys import Keys
+from ingest.lease import Leases, LeaseLost
 
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 SCORE_PREFIX = "score:"
-
-
-class LeaseLost(Exception):
-    """Another worker took the run over; this one must stop without writing."""
 
 
 @dataclass
@@ -70,8 +58,7 @@ class RunStore:
         self.lease_ms = lease_seconds * 1000
         self.done_ttl = done_ttl
         self.thread_ttl = thread_ttl
-        self._renew = connection.register_script(_RENEW)
-        self._release = connection.register_script(_RELEASE)
+        self.leases = Leases(connection, lease_seconds)
 
     # ---- dispatcher side ----
 
@@ -88,15 +75,13 @@ class RunStore:
     # ---- lease ----
 
     def acquire(self, run: str) -> str | None:
-        token = uuid.uuid4().hex
-        return token if self.redis.set(self.keys.lease(run), token, nx=True, px=self.lease_ms) else None
+        return self.leases.acquire(self.keys.lease(run))
 
     def renew(self, run: str, token: str) -> None:
-        if not self._renew(keys=[self.keys.lease(run)], args=[token, self.lease_ms]):
-            raise LeaseLost(run)
+        self.leases.renew(self.keys.lease(run), token)
 
     def release(self, run: str, token: str) -> None:
-        self._release(keys=[self.keys.lease(run)], args=[token])
+        self.leases.release(self.keys.lease(run), token)
 
     def clear_wake(self, run: str) -> None:
         self.redis.delete(self.keys.wake(run))

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.entries import DEFAULT_STREAM
@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     maintenance_interval: int = 10
     job_timeout: int = 600
     worker_class: Literal["forking", "simple"] = "forking"
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> "Settings":
+        # A worker renews its run's lease between requests to Langfuse: one request (and the
+        # fold step before it) must fit in the lease twice over, or another worker could take
+        # the run over mid-request and send the same spans.
+        if self.http_timeout * 2 > self.lease_seconds:
+            raise ValueError(f"CODEX_LANGFUSE_HTTP_TIMEOUT ({self.http_timeout}) must be at most half of "
+                             f"CODEX_LANGFUSE_LEASE_SECONDS ({self.lease_seconds})")
+        return self
 
     @property
     def langfuse_enabled(self) -> bool:

@@ -310,3 +310,25 @@ def test_status_json_counts_what_is_in_each_state(stack):
                                       "forbidden": {"letters": 1, "items": 4}}
     assert report["queue"]["depth"] == 0 and report["runs"]["with_backlog"] == 0
     assert report["oldest_undelivered_age_seconds"] is None
+
+
+def test_only_one_replay_runs_at_a_time(stack):
+    """Two replays at once could send a letter twice: the second waits for the first's lock, and
+    a lock left by a replay that died on this host is taken over at once."""
+    from ingest.jobs import WorkerContext
+    from ingest.lease import Leases
+    from ingest.replay import LOCK_SECONDS, ReplayBusy, replay as run_replay
+
+    ctx = WorkerContext.build(stack.settings())
+    leases = Leases(stack.redis, LOCK_SECONDS)
+    other = leases.acquire(stack.keys.replay_lock, owner="another-host:1:")
+    with pytest.raises(ReplayBusy):
+        run_replay(ctx, wait=0.5)
+    assert run_replay(ctx, dry_run=True, wait=0.5).letters == 0  # a dry run sends nothing: no lock
+    leases.release(stack.keys.replay_lock, other)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leases.acquire(stack.keys.replay_lock, owner=f"{__import__('socket').gethostname()}:{dead.pid}:")
+    assert run_replay(ctx, wait=0.5).letters == 0  # the dead holder's lock was taken over
+    assert stack.redis.get(stack.keys.replay_lock) is None  # and released afterwards

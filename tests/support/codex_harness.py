@@ -298,14 +298,16 @@ class CodexSandbox:
         )
         return env
 
-    def start(self, argv: list[str]) -> subprocess.Popen:
+    def start(self, argv: list[str], *, extra_env: dict[str, str] | None = None, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
         """Spawn ``argv`` (``self.argv(...)``, or a wrapper around it) in the workspace with this
-        environment, stdin on /dev/null, stdout/stderr piped, in a process group of its own."""
+        environment (plus ``extra_env``, e.g. what ``codex-langfuse run`` needs to reach Redis),
+        stdin on /dev/null unless ``stdin`` says otherwise (an fd or file, as for ``Popen``),
+        stdout/stderr piped, in a process group of its own."""
         return subprocess.Popen(
             argv,
             cwd=self.workspace,
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
+            env={**self.env(), **(extra_env or {})},
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -320,16 +322,19 @@ class CodexSandbox:
         timeout: float = 120.0,
         interrupt_when: Callable[[dict[str, Any]], bool] | None = None,
         interrupt_signal: int = signal.SIGINT,
+        extra_env: dict[str, str] | None = None,
+        stdin: Any = subprocess.DEVNULL,
     ) -> CodexRun:
         """Run Codex (or ``argv``) to its end and return what it printed.
 
         ``interrupt_when(event)`` returning true for a stdout event sends ``interrupt_signal`` to
         the spawned process, once (the npm launcher forwards it to the native binary).
+        ``extra_env`` and ``stdin`` are passed to ``start``.
         ``timeout`` only guards against a hang: the process group is then killed and the result
         has ``timed_out=True``. Whatever the spawned process left in its group is killed at the end.
         """
         command = argv or self.argv(prompt, *extra, resume=resume)
-        process = self.start(command)
+        process = self.start(command, extra_env=extra_env, stdin=stdin)
         timed_out = threading.Event()
 
         def kill_on_deadline() -> None:

@@ -145,7 +145,7 @@ class Folder:
     def trace(self, final: bool = False) -> TraceAttributes:
         meta = self.state.meta
         metadata: dict[str, Any] = {"run_id": self.state.run_id}
-        for key in ("codex_version", "cwd", "repository", "branch", "producer"):
+        for key in ("codex_version", "cwd", "repository", "branch", "commit", "producer"):
             if meta.get(key):
                 metadata[key] = meta[key]
         if self.model:
@@ -399,9 +399,9 @@ class Folder:
         if state.closed:
             return
         self.release_error()
+        finish = legacy_format.finish_incomplete if state.format is Format.LEGACY else current_format.finish_incomplete
         for item_id, open_item in list(state.open_items.items()):
-            current_format.finish_incomplete(self, item_id, open_item, at_us) if state.format is not Format.LEGACY \
-                else legacy_format.finish_incomplete(self, item_id, open_item, at_us)
+            finish(self, item_id, open_item, at_us)
         state.open_items = {}
         if state.turn_open:
             state.turn_open = False

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ingest.entries import Entry
 from ingest.events import (
     DUPLICATE_KEYS,
+    Format,
     AgentMessage,
     CollabToolCall,
     CommandExecution,
@@ -100,7 +101,7 @@ def begin_item(folder: "Folder", item: Item, item_id: str, entry: Entry, raw: di
         return
     opened = state.open_items.get(item_id)
     started = opened.started_us if opened else entry.ts
-    state.open_items[item_id] = OpenItem(started_us=started, item=raw)
+    state.open_items[item_id] = OpenItem(started_us=started, item=raw, format=Format.CURRENT)
 
 
 def complete_item(folder: "Folder", item: Item, item_id: str, entry: Entry) -> None:
@@ -228,7 +229,7 @@ def end_turn(folder: "Folder", entry: Entry, reported: Usage | None, raw_usage: 
     turn = max(state.turns, 1)
     folder.generation(
         f"turn/{turn}", f"turn {turn}", state.turn_started_us or entry.ts, entry.ts, usage,
-        input=state.meta.get("prompt") if turn == 1 else None,
+        input=folder.prompt if turn == 1 else None,
         output=state.turn_message,
         level="ERROR" if failure else "DEFAULT",
         status_message=first_line(failure) if failure else None,

@@ -25,6 +25,8 @@ from ingest.observations import Observation, Score, TraceAttributes, observation
 from ingest.pricing import PriceTable, usage_buckets
 
 MAX_TRACKED_PATHS = 1000
+# Formats whose stream just ends (no turn.completed/turn.failed): ending is not aborting there.
+NO_TERMINAL_EVENT = (Format.LEGACY, Format.EXPERIMENTAL)
 # The head of an `item.completed` line cut by the producer: enough to close the item it completes.
 _CUT_COMPLETION = re.compile(r'^\s*\{\s*"type"\s*:\s*"item\.completed"\s*,\s*"item"\s*:\s*\{\s*"id"\s*:\s*"([^"]+)"')
 
@@ -54,6 +56,7 @@ class FoldResult:
 class OpenItem(BaseModel):
     started_us: int
     item: dict[str, Any]
+    format: Format | None = None  # the format of the line that opened it (streams can mix)
 
 
 class HeldError(BaseModel):
@@ -137,6 +140,14 @@ class Folder:
     @property
     def root_id(self) -> str:
         return self.oid("root")
+
+    @property
+    def prompt(self) -> Any:
+        """The run's input: the prompt, with what was piped on stdin after a prompt argument."""
+        meta = self.state.meta
+        if meta.get("stdin"):
+            return {"prompt": meta.get("prompt"), "stdin": meta["stdin"]}
+        return meta.get("prompt")
 
     @property
     def model(self) -> str | None:
@@ -399,16 +410,16 @@ class Folder:
         if state.closed:
             return
         self.release_error()
-        finish = legacy_format.finish_incomplete if state.format is Format.LEGACY else current_format.finish_incomplete
         for item_id, open_item in list(state.open_items.items()):
-            finish(self, item_id, open_item, at_us)
+            legacy = (open_item.format or state.format) is Format.LEGACY
+            (legacy_format if legacy else current_format).finish_incomplete(self, item_id, open_item, at_us)
         state.open_items = {}
         if state.turn_open:
             state.turn_open = False
-            if state.outcome is None and state.format is not Format.LEGACY:
+            if state.outcome is None and state.format not in NO_TERMINAL_EVENT:
                 state.outcome = "aborted"
             self.generation(f"turn/{state.turns}", f"turn {state.turns}", state.turn_started_us or at_us, at_us,
-                            None, input=state.meta.get("prompt") if state.turns == 1 else None,
+                            None, input=self.prompt if state.turns == 1 else None,
                             output=state.turn_message, level="ERROR",
                             status_message="turn did not complete: the stream ended without turn.completed")
         if state.end is None:
@@ -428,7 +439,7 @@ class Folder:
             metadata["files_changed"] = state.files
         state.closed = True
         self.emit("root", "agent", trace.name, state.started_us or at_us, at_us, parent_id=None, trace=trace,
-                  input=state.meta.get("prompt"), output=state.final_message, level=level, status_message=status,
+                  input=self.prompt, output=state.final_message, level=level, status_message=status,
                   metadata=metadata)
         self.derived_scores(at_us)
 
@@ -440,24 +451,27 @@ class Folder:
             return "ERROR", first_line(state.failure or "turn failed")
         if signal is not None:
             return "ERROR", f"codex was killed by signal {signal}"
-        if exit_code not in (None, 0):
-            return "ERROR", f"codex exited with code {exit_code}"
         if state.outcome == "aborted" and state.failure:
             return "ERROR", first_line(state.failure)
-        if state.format is Format.LEGACY and state.outcome is None and end.get("reason") not in ("exited", "eof", "closed"):
-            state.outcome = "aborted"
-            return "ERROR", f"aborted: the producer stopped reporting ({end.get('reason')})"
-        if state.outcome in (None, "aborted") and state.format is not Format.LEGACY:
-            why = "no output from codex" if state.format is None else "the stream ended without turn.completed or turn.failed"
-            state.outcome = "aborted"
-            return "ERROR", f"aborted: {why} ({end.get('reason')})"
+        if state.outcome in (None, "aborted"):
+            if state.format not in NO_TERMINAL_EVENT:
+                why = "no output from codex" if state.format is None else \
+                    "the stream ended without turn.completed or turn.failed"
+                how = f"exit code {exit_code}" if exit_code not in (None, 0) else end.get("reason")
+                state.outcome = "aborted"
+                return "ERROR", f"aborted: {why} ({how})"
+            if end.get("reason") not in ("exited", "eof", "closed"):
+                state.outcome = "aborted"
+                return "ERROR", f"aborted: the producer stopped reporting ({end.get('reason')})"
+        if exit_code not in (None, 0):
+            return "ERROR", f"codex exited with code {exit_code}"
         return "DEFAULT", None
 
     def derived_scores(self, at_us: int) -> None:
         state = self.state
         end = state.end or {}
-        # The legacy stream has no terminal event: there a run succeeded unless it says otherwise.
-        succeeded = state.outcome == "completed" or (state.format is Format.LEGACY and state.outcome is None)
+        # Streams without a terminal event: there a run succeeded unless it says otherwise.
+        succeeded = state.outcome == "completed" or (state.format in NO_TERMINAL_EVENT and state.outcome is None)
         succeeded = succeeded and end.get("exit_code") in (0, None) and end.get("signal") is None
         at = state.started_us or at_us
         derived = {"source": "codex-langfuse"}

@@ -98,7 +98,7 @@ def token_count(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
     start = state.request_started_us or state.turn_started_us or entry.ts
     folder.generation(f"request/{state.requests}", f"model request {state.requests}", start, entry.ts,
                       request.as_usage(), request_input_tokens=max(0, request.input_tokens),
-                      input=state.meta.get("prompt") if state.requests == 1 else None,
+                      input=folder.prompt if state.requests == 1 else None,
                       metadata={"request": state.requests})
     state.request_started_us = entry.ts
 
@@ -135,7 +135,7 @@ def begin(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
     from ingest.fold import OpenItem
 
     call_id = str(msg.get("call_id") or f"seq{entry.seq}")
-    folder.state.open_items[call_id] = OpenItem(started_us=entry.ts, item=msg)
+    folder.state.open_items[call_id] = OpenItem(started_us=entry.ts, item=msg, format=Format.LEGACY)
 
 
 def end(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:

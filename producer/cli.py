@@ -167,8 +167,9 @@ def _start(args: argparse.Namespace, **start_data) -> tuple[Producer, Run]:
     metadata = dict(args.metadata) or None
     if args.prompt is not None:
         start_data["prompt"] = args.prompt
+    found_model = start_data.pop("model", None)
     run = producer.start_run(
-        run_id=run_id, model=args.model or start_data.pop("model", None), name=args.name,
+        run_id=run_id, model=args.model or found_model, name=args.name,
         user_id=args.user_id, session_id=args.session_id, tags=args.tag, metadata=metadata,
         environment=args.environment, **start_data,
     )
@@ -361,7 +362,11 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         start["resume_session_id"] = codex.resume_session_id
     producer, run = _start(args, **start)
     out = _Output(1, closed=1 in closed_fds)
-    capture_stdin = codex.is_exec and codex.prompt_from_stdin and 0 not in closed_fds and not os.isatty(0)
+    # Codex reads a piped stdin: as the prompt when none is given, and (0.169) as more input after
+    # a prompt argument. Either way it is copied through and recorded.
+    stdin_piped = codex.is_exec and 0 not in closed_fds and not os.isatty(0)
+    capture_stdin = stdin_piped and (codex.prompt_from_stdin or bool(codex.prompt))
+    stdin_role = "prompt" if codex.prompt_from_stdin else "stdin"
 
     # installed before Codex starts (a signal in between is forwarded once it runs) and kept until
     # we exit: a signal during the final flush is then ignored instead of cutting it short
@@ -379,7 +384,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
             producer.close(args.flush_timeout)
             return code
         if capture_stdin:
-            threading.Thread(target=_copy_stdin, args=(child.stdin, run), name="codex-langfuse-stdin", daemon=True).start()
+            threading.Thread(target=_copy_stdin, args=(child.stdin, run, stdin_role), name="codex-langfuse-stdin",
+                             daemon=True).start()
         run.update(**_metadata_after_start(codex, args, cwd))
         returncode = _pass_through(child, run, out, signals, producer.settings.max_line_bytes)
         if returncode < 0:
@@ -458,8 +464,9 @@ def _forward(signums: list[int], child: subprocess.Popen) -> None:
             pass
 
 
-def _copy_stdin(destination, run: Run) -> None:
-    """Copy our stdin to Codex's; the first 64 KiB are the prompt, sent before Codex sees EOF."""
+def _copy_stdin(destination, run: Run, role: str) -> None:
+    """Copy our stdin to Codex's; its first 64 KiB are recorded as `role` (the prompt, or the
+    `stdin` that follows a prompt argument), sent before Codex sees EOF."""
     captured = bytearray()
     target = destination.fileno()
     try:
@@ -480,7 +487,7 @@ def _copy_stdin(destination, run: Run) -> None:
                 break  # Codex closed its stdin: it has read what it wanted
     finally:
         if captured:
-            run.update(prompt=captured.decode("utf-8", "replace"))
+            run.update(**{role: captured.decode("utf-8", "replace")})
         try:
             destination.close()
         except OSError:

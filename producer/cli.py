@@ -425,6 +425,9 @@ def _pass_through(child: subprocess.Popen, run: Run, out: _Output, signals: _Sig
     poller = select.poll()
     poller.register(source, select.POLLIN)
     poller.register(signals.wakeup_fd, select.POLLIN)
+    exited = _exit_fd(child)  # readable once Codex exits: no waiting out a poll interval at the end
+    if exited is not None:
+        poller.register(exited, select.POLLIN)
     reading = True
     while reading:
         events = poller.poll(POLL_INTERVAL_MS)
@@ -451,7 +454,16 @@ def _pass_through(child: subprocess.Popen, run: Run, out: _Output, signals: _Sig
     while child.poll() is None:
         poller.poll(POLL_INTERVAL_MS)
         _forward(signals.take(), child)
+    if exited is not None:
+        os.close(exited)
     return child.returncode
+
+
+def _exit_fd(child: subprocess.Popen) -> int | None:
+    try:
+        return os.pidfd_open(child.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: the poll interval bounds the wait instead
+        return None
 
 
 def _forward(signums: list[int], child: subprocess.Popen) -> None:

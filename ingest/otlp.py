@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from langfuse import LangfuseOtelSpanAttributes as A
 
 from ingest.content import ContentPolicy
-from ingest.observations import Observation
+from ingest.observations import Observation, TraceAttributes
 
 SCOPE = {"name": "codex-langfuse", "version": "0.1.0"}
 RESOURCE = {"attributes": [{"key": "service.name", "value": {"stringValue": "codex-langfuse"}}]}
@@ -57,19 +57,7 @@ def encode_span(obs: Observation, policy: ContentPolicy) -> dict[str, Any]:
         if value is not None:
             attributes.append(_string(key, value))
 
-    trace = obs.trace
-    put(A.TRACE_NAME, trace.name)
-    put(A.TRACE_USER_ID, trace.user_id)
-    put(A.TRACE_SESSION_ID, trace.session_id)
-    put(A.ENVIRONMENT, trace.environment)
-    put(A.RELEASE, trace.release)
-    if trace.tags:
-        attributes.append({"key": A.TRACE_TAGS,
-                           "value": {"arrayValue": {"values": [{"stringValue": t} for t in trace.tags]}}})
-    for key, value in trace.metadata.items():
-        if value is not None and (policy.capture or key not in CONTENT_METADATA):
-            put(f"{A.TRACE_METADATA}.{key}", _metadata_value(policy, key, value))
-
+    attributes += trace_attributes(obs.trace, policy)
     put(A.OBSERVATION_STATUS_MESSAGE, policy.clean(obs.status_message) if obs.status_message else None)
     if policy.capture:
         for key, value in ((A.OBSERVATION_INPUT, obs.input), (A.OBSERVATION_OUTPUT, obs.output)):
@@ -99,6 +87,32 @@ def encode_span(obs: Observation, policy: ContentPolicy) -> dict[str, Any]:
     if obs.level == "ERROR":
         span["status"] = {"code": STATUS_ERROR, "message": policy.clean(obs.status_message or "")}
     return span
+
+
+def trace_attributes(trace: TraceAttributes, policy: ContentPolicy) -> list[dict[str, Any]]:
+    """The trace-level attributes every span of a run repeats: built (and redacted) once per
+    distinct value rather than once per span."""
+    cache = policy.memo("trace_attributes")
+    key = trace.model_dump_json()
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    attributes: list[dict[str, Any]] = []
+    for name, value in ((A.TRACE_NAME, trace.name), (A.TRACE_USER_ID, trace.user_id),
+                        (A.TRACE_SESSION_ID, trace.session_id), (A.ENVIRONMENT, trace.environment),
+                        (A.RELEASE, trace.release)):
+        if value is not None:
+            attributes.append(_string(name, value))
+    if trace.tags:
+        attributes.append({"key": A.TRACE_TAGS,
+                           "value": {"arrayValue": {"values": [{"stringValue": t} for t in trace.tags]}}})
+    for name, value in trace.metadata.items():
+        if value is not None and (policy.capture or name not in CONTENT_METADATA):
+            attributes.append(_string(f"{A.TRACE_METADATA}.{name}", _metadata_value(policy, name, value)))
+    if len(cache) >= 256:
+        cache.clear()
+    cache[key] = attributes
+    return attributes
 
 
 def resource_spans(spans: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -94,15 +94,13 @@ class RunStore:
 
     def read(self, run: str, from_seq: int, limit: int) -> list[Entry]:
         """Entries from `from_seq` on, stopping at the first missing sequence number."""
+        wanted = min(self.redis.hlen(self.keys.log(run)), limit)  # no more can be there
+        seqs = list(range(from_seq, from_seq + wanted))
         entries: list[Entry] = []
-        chunk = 500
-        while len(entries) < limit:
-            seqs = list(range(from_seq + len(entries), from_seq + len(entries) + min(chunk, limit - len(entries))))
-            values = self.redis.hmget(self.keys.log(run), [str(s) for s in seqs])
-            for seq, value in zip(seqs, values):
-                if value is None:
-                    return entries
-                entries.append(Entry.unpack(run, seq, value))
+        for seq, value in zip(seqs, self.redis.hmget(self.keys.log(run), [str(s) for s in seqs]) if seqs else []):
+            if value is None:
+                break
+            entries.append(Entry.unpack(run, seq, value))
         return entries
 
     def waiting_after_gap(self, run: str, next_seq: int) -> tuple[int | None, list[int]]:

@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     job_monitoring_interval: int = 10
     maintenance_interval: int = 10
     job_timeout: int = 600
-    worker_class: Literal["forking", "simple"] = "forking"
+    # simple: jobs run in the worker process, which keeps its Redis and HTTP connections (a fork per
+    # job costs ~40 ms and a new TLS handshake with Langfuse); forking isolates each job
+    worker_class: Literal["forking", "simple"] = "simple"
 
     @model_validator(mode="after")
     def _lease_outlives_a_request(self) -> "Settings":

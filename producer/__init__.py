@@ -195,7 +195,7 @@ class Run:
         fields = entry_fields(self.run_id, self._next_seq, kind, data, ts, trunc)
         if shrink_to is not None:
             fields[F_SHRINK_TO] = str(shrink_to)
-        if not sender.submit(fields, fields_size(fields)):
+        if not sender.submit(fields, fields_size(fields), essential=kind in (KIND_START, KIND_END)):
             return False
         self._next_seq += 1
         self._last_entry_at = time.monotonic()

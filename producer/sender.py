@@ -156,8 +156,9 @@ class Sender:
 
     # ---- caller threads ----
 
-    def submit(self, fields: dict, size: int) -> bool:
-        """Queue one entry. Never blocks, never does I/O; False (and counted) when full or closed."""
+    def submit(self, fields: dict, size: int, essential: bool = False) -> bool:
+        """Queue one entry. Never blocks, never does I/O; False (and counted) when full or closed.
+        An `essential` entry (a run's start or end: small, one of each) is taken past the cap."""
         if self._pid != os.getpid():
             self._after_fork()
         with self._lock:
@@ -165,7 +166,7 @@ class Sender:
                 self.stats.add("dropped_closed")
                 return False
             # an entry larger than the whole cap is still taken into an empty queue
-            if self._queue and self._queued_bytes + size > self.settings.queue_max_bytes:
+            if self._queue and not essential and self._queued_bytes + size > self.settings.queue_max_bytes:
                 self.stats.add("dropped_queue_full")
                 return False
             self._queue.append((fields, size))
@@ -374,7 +375,9 @@ class Sender:
                 )
 
     def _background_step(self) -> None:
-        if time.monotonic() < self._retry_at:
+        if time.monotonic() < self._retry_at or self._flush_waiters:
+            # Someone waits for the queue (a runner closing): moving it out of memory comes first;
+            # probing Redis with the spool could block on a hung server for the socket timeout.
             return
         if self._spool is not None and self._spool.pending:
             self._drain(self._spool)

@@ -95,29 +95,40 @@ class Run:
     def emit(self, line: bytes | str, *, original_length: int | None = None) -> bool:
         """One Codex stdout line (a trailing \\n or \\r\\n is removed). Lines over the maximum line size
         are cut and carry their original length; pass `original_length` if you cut it yourself."""
+        return self.emit_lines([(line, original_length)]) == 1
+
+    def emit_lines(self, lines: Iterable[tuple[bytes | str, int | None]]) -> int:
+        """Several lines read at once, as (line, original length or None): one hand-off for all,
+        stamped with one time. Returns how many were taken (a prefix; the rest hit the cap)."""
         try:
-            if isinstance(line, str):
-                line = line.encode("utf-8", "surrogateescape")
-            elif isinstance(line, (bytearray, memoryview)):
-                line = bytes(line)
-            elif not isinstance(line, bytes):
-                raise TypeError(f"a line is bytes or str, not {type(line).__name__}")
-            line = strip_line_ending(line)
-            limit = self._producer.settings.max_line_bytes
-            whole = original_length is None or original_length <= len(line)
-            trunc = None if whole else original_length
-            shrink_to = None
-            if len(line) > limit:
-                trunc = max(trunc or 0, len(line))
-                if whole and len(line) <= limit * SHRINKABLE_FACTOR:
-                    shrink_to = limit  # the sender thread shrinks it as JSON, off the caller's thread
-                else:
-                    line = line[:limit]
-            if trunc is not None:
-                self._producer._stats.add("truncated")
-            return self._submit(KIND_LINE, line, trunc=trunc, shrink_to=shrink_to)
+            prepared = [self._prepare(line, original_length) for line, original_length in lines]
+            return self._submit_lines(prepared)
         except Exception as exc:
-            return self._producer._failed("emit", exc)
+            self._producer._failed("emit", exc)
+            return 0
+
+    def _prepare(self, line: bytes | str, original_length: int | None) -> tuple[bytes, int | None, int | None]:
+        """(data, trunc, shrink_to) of one line."""
+        if isinstance(line, str):
+            line = line.encode("utf-8", "surrogateescape")
+        elif isinstance(line, (bytearray, memoryview)):
+            line = bytes(line)
+        elif not isinstance(line, bytes):
+            raise TypeError(f"a line is bytes or str, not {type(line).__name__}")
+        line = strip_line_ending(line)
+        limit = self._producer.settings.max_line_bytes
+        whole = original_length is None or original_length <= len(line)
+        trunc = None if whole else original_length
+        shrink_to = None
+        if len(line) > limit:
+            trunc = max(trunc or 0, len(line))
+            if whole and len(line) <= limit * SHRINKABLE_FACTOR:
+                shrink_to = limit  # the sender thread shrinks it as JSON, off the caller's thread
+            else:
+                line = line[:limit]
+        if trunc is not None:
+            self._producer._stats.add("truncated")
+        return line, trunc, shrink_to
 
     def update(self, **meta: Any) -> bool:
         """A `meta` entry: keys of the start entry (prompt, codex_version, model, ...) to merge in."""
@@ -161,7 +172,7 @@ class Run:
         except Exception as exc:
             return self._producer._failed("finish", exc)
 
-    def _submit(self, kind: str, data: bytes, trunc: int | None = None, shrink_to: int | None = None) -> bool:
+    def _submit(self, kind: str, data: bytes) -> bool:
         if os.getpid() != self._pid:
             # a forked child's copy of the run: its sequence numbers would collide with the parent's
             raise RuntimeError(f"run {self.run_id} belongs to process {self._pid}; start a new run after fork")
@@ -172,12 +183,37 @@ class Run:
             if not self._queue_start(sender):
                 self._producer._stats.add("dropped_queue_full")  # this entry, on top of the start
                 return False
-            queued = self._queue(sender, kind, data, now_us(), trunc, shrink_to)
+            queued = self._queue(sender, kind, data, now_us())
             if queued and kind == KIND_END:
                 self._finished = True
         if self._finished:
             self._producer._forget(self)
         return queued
+
+    def _submit_lines(self, lines: list[tuple[bytes, int | None, int | None]]) -> int:
+        if os.getpid() != self._pid:
+            raise RuntimeError(f"run {self.run_id} belongs to process {self._pid}; start a new run after fork")
+        if not lines:
+            return 0
+        sender = self._producer._sender
+        with self._lock:
+            if self._finished:
+                return 0
+            if not self._queue_start(sender):
+                self._producer._stats.add("dropped_queue_full", len(lines))
+                return 0
+            ts = now_us()
+            entries = []
+            for offset, (data, trunc, shrink_to) in enumerate(lines):
+                fields = entry_fields(self.run_id, self._next_seq + offset, KIND_LINE, data, ts, trunc)
+                if shrink_to is not None:
+                    fields[F_SHRINK_TO] = str(shrink_to)
+                entries.append((fields, fields_size(fields)))
+            taken = sender.submit_many(entries)
+            self._next_seq += taken
+            if taken:
+                self._last_entry_at = time.monotonic()
+        return taken
 
     def _queue_start(self, sender: Sender) -> bool:
         # called with self._lock held
@@ -189,12 +225,9 @@ class Run:
         self._unqueued_start = None
         return True
 
-    def _queue(self, sender: Sender, kind: str, data: bytes, ts: int, trunc: int | None = None,
-               shrink_to: int | None = None) -> bool:
+    def _queue(self, sender: Sender, kind: str, data: bytes, ts: int) -> bool:
         # called with self._lock held: the sequence number is taken only if the entry is queued
-        fields = entry_fields(self.run_id, self._next_seq, kind, data, ts, trunc)
-        if shrink_to is not None:
-            fields[F_SHRINK_TO] = str(shrink_to)
+        fields = entry_fields(self.run_id, self._next_seq, kind, data, ts)
         if not sender.submit(fields, fields_size(fields), essential=kind in (KIND_START, KIND_END)):
             return False
         self._next_seq += 1

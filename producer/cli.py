@@ -262,8 +262,7 @@ class LineSplitter:
 
 
 def _emit_lines(run: Run, lines: list[tuple[bytes, int | None]]) -> None:
-    for line, original_length in lines:
-        run.emit(line, original_length=original_length)
+    run.emit_lines(lines)
 
 
 class _Signals:

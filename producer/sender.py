@@ -159,23 +159,34 @@ class Sender:
     def submit(self, fields: dict, size: int, essential: bool = False) -> bool:
         """Queue one entry. Never blocks, never does I/O; False (and counted) when full or closed.
         An `essential` entry (a run's start or end: small, one of each) is taken past the cap."""
+        return self.submit_many([(fields, size)], essential) == 1
+
+    def submit_many(self, entries: list[tuple[dict, int]], essential: bool = False) -> int:
+        """Queue entries in order under one lock; returns how many were taken (a prefix: after the
+        first that does not fit, none is taken, so a run's sequence numbers stay gapless)."""
         if self._pid != os.getpid():
             self._after_fork()
         with self._lock:
             if self._closing:
-                self.stats.add("dropped_closed")
-                return False
-            # an entry larger than the whole cap is still taken into an empty queue
-            if self._queue and not essential and self._queued_bytes + size > self.settings.queue_max_bytes:
-                self.stats.add("dropped_queue_full")
-                return False
-            self._queue.append((fields, size))
-            self._queued_bytes += size
-            self._accepted += 1
-            self._ensure_thread()
-            self._work_ready.notify()
-        self.stats.add("submitted")
-        return True
+                self.stats.add("dropped_closed", len(entries))
+                return 0
+            taken = 0
+            for fields, size in entries:
+                # an entry larger than the whole cap is still taken into an empty queue
+                if self._queue and not essential and self._queued_bytes + size > self.settings.queue_max_bytes:
+                    break
+                self._queue.append((fields, size))
+                self._queued_bytes += size
+                taken += 1
+            self._accepted += taken
+            if taken:
+                self._ensure_thread()
+                self._work_ready.notify()
+        if taken < len(entries):
+            self.stats.add("dropped_queue_full", len(entries) - taken)
+        if taken:
+            self.stats.add("submitted", taken)
+        return taken
 
     def queued(self) -> int:
         with self._lock:

@@ -173,6 +173,29 @@ def test_full_queue_refuses_counts_and_keeps_the_sequence_gapless(make_producer,
     assert entries[-2]["data"] == b"after the queue drained"
 
 
+def test_lines_read_together_are_handed_off_together_and_a_full_queue_takes_a_prefix(make_producer, fake_server):
+    """`run` and `tee` hand over every line of a read at once; a cap hit midway keeps the first
+    ones, drops the rest (counted), and the sequence stays gapless."""
+    gate = threading.Event()
+    producer = make_producer(queue_max_bytes=20_000, redis_client_factory=lambda: GatedClient(fake_server, gate))
+    run = producer.start_run(run_id="chunked")
+    lines = [(f'{{"n":{n}}}\n'.encode() + b" " * 900, None) for n in range(60)]
+    taken = run.emit_lines(lines)
+    assert 0 < taken < 60
+    assert producer.stats()["dropped_queue_full"] == 60 - taken
+    gate.set()
+    assert producer.flush(30)
+    assert run.emit_lines([(b'{"n":"later"}', None), (b'{"n":"last"}\r\n', None)]) == 2
+    run.finish(0)
+    assert producer.close(30)
+    entries = stream_entries(fake_server)
+    assert [entry["seq"] for entry in entries] == list(range(len(entries)))
+    line_entries = [entry for entry in entries if entry["kind"] == "line"]
+    assert [json.loads(entry["data"])["n"] for entry in line_entries] == [*range(taken), "later", "last"]
+    first = line_entries[:taken]
+    assert len({entry["ts"] for entry in first}) == 1  # read together: one time
+
+
 def test_start_is_retried_before_the_next_entry_when_the_queue_was_full(make_producer, fake_server):
     gate = threading.Event()
     producer = make_producer(queue_max_bytes=5_000, redis_client_factory=lambda: GatedClient(fake_server, gate))

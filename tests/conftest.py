@@ -33,3 +33,20 @@ def stack(tmp_path):
         yield stack
     finally:
         stack.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One whole pipeline kept running for a module (redis-server, a dispatcher and a worker
+    process, the receiver), stopped by pid at the end; its tests use run ids of their own."""
+    from tests.support.stack import Stack
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed; run .ci/run or apt-get install -y redis-server")
+    pipeline = Stack(tmp_path_factory.mktemp("pipeline"))
+    try:
+        pipeline.start("dispatch")
+        pipeline.start("worker")
+        yield pipeline
+    finally:
+        pipeline.close()

@@ -74,21 +74,6 @@ def codex_legacy() -> Path:
     return _codex(LEGACY)
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """One whole pipeline for the module (redis-server, a dispatcher and a worker process, the
-    receiver), stopped by pid at the end; every test uses run ids of its own."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed; run .ci/run or apt-get install -y redis-server")
-    pipeline = Stack(tmp_path_factory.mktemp("e2e-stack"))
-    try:
-        pipeline.start("dispatch")
-        pipeline.start("worker")
-        yield pipeline
-    finally:
-        pipeline.close()
-
-
 # ---- playing a scenario, with and without the bridge ------------------------------------------------
 
 

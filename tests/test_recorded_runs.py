@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import uuid
@@ -334,21 +333,6 @@ def expected_trace(events: list[dict[str, Any]], earlier_usage: dict[str, Any] |
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """One whole pipeline for the module (redis-server, a dispatcher and a worker process, the
-    receiver), stopped by pid at the end; every test uses run ids of its own."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed; run .ci/run or apt-get install -y redis-server")
-    pipeline = Stack(tmp_path_factory.mktemp("recorded-stack"))
-    try:
-        pipeline.start("dispatch")
-        pipeline.start("worker")
-        yield pipeline
-    finally:
-        pipeline.close()
 
 
 def new_run_id(label: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from ingest import connections
+from ingest.deadletters import DeadLetters
 from ingest.local_redis import LocalRedis
 from ingest.observations import trace_id
 from ingest.settings import Settings
@@ -46,7 +47,10 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
             subprocess.run([*command, "tee", "--run-id", run_id, "--model", model, "--name", "codex demo",
                             "--tag", "demo", "--metadata", f"fixture={fixture_path.name}", "--prompt", PROMPT],
                            stdin=stdin, stdout=subprocess.DEVNULL, env=env, check=True)
-        delivered = wait_delivered(settings.model_copy(update={"redis_url": server.url}), run_id, timeout)
+        demo_settings = settings.model_copy(update={"redis_url": server.url})
+        delivered = wait_delivered(demo_settings, run_id, timeout)
+        refused = list(DeadLetters(connections.redis_client(demo_settings), connections.keys(demo_settings))
+                       .select(run_id=run_id)) if delivered else []
     finally:
         for process in processes:
             process.terminate()
@@ -58,6 +62,11 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
         server.close()
     if not delivered:
         print(f"the trace of run {run_id} was not delivered within {timeout:.0f} s", file=sys.stderr)
+        return 1
+    if refused:
+        for letter in refused:
+            print(f"{settings.langfuse_base_url} refused {len(letter.items)} {letter.kind} ({letter.reason}): "
+                  f"{letter.message}", file=sys.stderr)
         return 1
     trace = trace_id(run_id)
     print(f"\nrun {run_id} -> trace {trace}")

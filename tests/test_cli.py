@@ -35,6 +35,26 @@ def test_demo_runs_end_to_end_into_the_local_sink_and_shows_the_trace(tmp_path):
     assert shown.returncode == 0 and "agent      codex demo" in shown.stdout
 
 
+def test_demo_with_langfuse_keys_sends_to_langfuse_and_says_when_it_refuses(tmp_path):
+    from tests.support.langfuse_receiver import LangfuseReceiver
+
+    with LangfuseReceiver() as receiver:
+        answers = []
+        for secret in (receiver.secret_key, "sk-lf-wrong"):
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "CODEX_LANGFUSE_"))}
+            env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=str(REPO), LANGFUSE_BASE_URL=receiver.base_url,
+                       LANGFUSE_PUBLIC_KEY=receiver.public_key, LANGFUSE_SECRET_KEY=secret)
+            answers.append(subprocess.run([sys.executable, "-m", "producer.cli", "demo"], env=env, cwd=REPO,
+                                          capture_output=True, text=True, timeout=120))
+        sent, refused = answers
+        assert sent.returncode == 0, sent.stderr
+        assert "sent to Langfuse" in sent.stdout
+        assert len(receiver.spans()) == 10 and len(receiver.scores()) == 4 and receiver.duplicates() == {}
+        assert refused.returncode == 1
+        assert "refused 10 spans (unauthorized)" in refused.stderr
+        assert not (tmp_path / "state" / "codex-langfuse" / "sink").exists()  # keys set: no sink
+
+
 def test_score_attaches_to_a_finished_run_once_per_value_and_overwrites_on_change(stack):
     stack.start("dispatch")
     stack.start("worker")

@@ -113,7 +113,8 @@ class Delivery:
                 self._send_span_batch(trace_id, batch, report, keep_alive)
             except _Stop as stop:
                 report.transient = stop.error
-                report.unsent = [s for b in batches[index:] for s in b if span_key(s) not in set(report.accepted)]
+                accepted = set(report.accepted)
+                report.unsent = [s for b in batches[index:] for s in b if span_key(s) not in accepted]
                 break
             if report.rejected and report.rejected[-1][1].reason in ACCOUNT_WIDE:
                 error = report.rejected[-1][1]

@@ -99,7 +99,8 @@ class Dispatcher:
             pipe.execute()
         self.counts["jobs"] += enqueue_runs(self.store, self.queue, runs)
         self._poison(poison)
-        good = [entry_id for entry_id, _ in entries if entry_id not in {p[0] for p in poison}]
+        poisoned = {entry_id for entry_id, _, _ in poison}
+        good = [entry_id for entry_id, _ in entries if entry_id not in poisoned]
         if good:
             self.redis.xack(self.stream, self.group, *good)
         self.counts["filed"] += len(good)

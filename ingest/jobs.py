@@ -215,7 +215,8 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
         for batch, error in score_report.rejected
     ]
     settled_spans = span_report.accepted + span_report.skipped + [s["spanId"] for b, _ in span_report.rejected for s in b]
-    settled_scores = [s["id"] for s in scores if score_key(s) in set(score_report.accepted + score_report.skipped)]
+    done_scores = set(score_report.accepted + score_report.skipped)
+    settled_scores = [s["id"] for s in scores if score_key(s) in done_scores]
     settled_scores += [s["id"] for b, _ in score_report.rejected for s in b]
     retry_in = None
     with ctx.redis.pipeline(transaction=True) as pipe:

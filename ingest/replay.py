@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ingest.deadletters import DeadLetter, item_id
-from ingest.delivery import SendReport
+from ingest.delivery import SendReport, span_key
 from ingest.jobs import WorkerContext
 from ingest.lease import Leases
+from ingest.ledger import score_key
 
 
 # The lock of a replay that was killed frees itself this long after its last renewal.
@@ -102,9 +103,7 @@ def _alive(pid: int) -> bool:
 
 
 def _ledger_key(letter: DeadLetter, item: dict) -> str:
-    from ingest.ledger import score_key
-
-    return item["spanId"] if letter.kind == "spans" else score_key(item)
+    return span_key(item) if letter.kind == "spans" else score_key(item)
 
 
 def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport, keep_alive: Callable[[], None]) -> bool:

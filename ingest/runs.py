@@ -55,7 +55,6 @@ class RunStore:
                  thread_ttl: int = 30 * 86400):
         self.redis = connection
         self.keys = keys
-        self.lease_ms = lease_seconds * 1000
         self.done_ttl = done_ttl
         self.thread_ttl = thread_ttl
         self.leases = Leases(connection, lease_seconds)
@@ -135,7 +134,7 @@ class RunStore:
             if state.closed:
                 pipe.zrem(self.keys.active, run)
                 pipe.expire(self.keys.state(run), self.done_ttl)
-            pipe.pexpire(self.keys.lease(run), self.lease_ms)
+            pipe.pexpire(self.keys.lease(run), self.leases.ms)
             try:
                 pipe.execute()
             except redis.WatchError:

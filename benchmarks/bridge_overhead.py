@@ -41,7 +41,7 @@ from pathlib import Path
 import _common
 from _common import REPO, Report, fixture_lines, replayed, summary
 
-from producer.entries import DEFAULT_STREAM
+from codex_langfuse.producer.entries import DEFAULT_STREAM
 from tests.support.redis_server import RedisServer
 
 THROUGHPUT_RATIO_TARGET = 0.5

@@ -32,7 +32,7 @@ from pathlib import Path
 import _common
 from _common import Report, fixture_lines, replayed, summary
 
-from producer import Producer
+from codex_langfuse.producer import Producer
 from tests.support.redis_server import RedisServer
 
 P99_TARGET_US = 20.0

@@ -31,11 +31,11 @@ import time
 import _common
 from _common import EXEC_FIXTURES, Report
 
-from ingest.content import ContentPolicy
-from ingest.entries import Entry
-from ingest.fold import FoldContext, fold, new_state
-from ingest.otlp import encode_span
-from ingest.pricing import PriceTable
+from codex_langfuse.ingest.content import ContentPolicy
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.fold import FoldContext, fold, new_state
+from codex_langfuse.ingest.otlp import encode_span
+from codex_langfuse.ingest.pricing import PriceTable
 from pipeline_throughput import LONG_RUN_SOURCE, long_run_entries, run_entries
 
 EVENTS_PER_SECOND_TARGET = 20_000.0

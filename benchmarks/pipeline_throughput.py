@@ -41,11 +41,11 @@ from pathlib import Path
 import _common
 from _common import EXEC_FIXTURES, Report, summary
 
-from ingest.entries import Entry
-from ingest.fold import FoldContext, fold, new_state
-from ingest.observations import trace_id
-from ingest.pricing import PriceTable
-from ingest.settings import Settings
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.fold import FoldContext, fold, new_state
+from codex_langfuse.ingest.observations import trace_id
+from codex_langfuse.ingest.pricing import PriceTable
+from codex_langfuse.ingest.settings import Settings
 from tests.support.langfuse_receiver import ReceiverProcess
 from tests.support.stack import FAST, Stack
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import _common
 from _common import REPO, Report
 
-from producer import ProducerSettings
-from producer.entries import DEFAULT_STREAM
+from codex_langfuse.producer import ProducerSettings
+from codex_langfuse.producer.entries import DEFAULT_STREAM
 from tests.support.redis_server import RedisServer
 
 GROWTH_ALLOWANCE_BYTES = 30_000_000
@@ -43,7 +43,7 @@ CHILD = r'''
 import json, os, sys, time
 sys.path.insert(0, sys.argv[4])
 import _common
-from producer import Producer
+from codex_langfuse.producer import Producer
 
 redis_url, spool_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 spool_max = int(sys.argv[5])

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("CODEX_LANGFUSE_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from ingest.settings import get_settings
+    from codex_langfuse.ingest.settings import get_settings
 
     settings = get_settings()
     handler = globals()[f"cmd_{args.command}"]
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_dispatch(settings: Any, args: argparse.Namespace) -> int:
-    from ingest.dispatcher import Dispatcher
+    from codex_langfuse.ingest.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(settings)
     if args.once:
@@ -91,17 +91,17 @@ def cmd_dispatch(settings: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Any, args: argparse.Namespace) -> int:
-    from ingest.worker import run_worker
+    from codex_langfuse.ingest.worker import run_worker
 
     run_worker(settings, burst=args.burst, name=args.name)
     return 0
 
 
 def cmd_replay(settings: Any, args: argparse.Namespace) -> int:
-    from ingest.jobs import WorkerContext
-    from ingest.replay import replay, terminal_progress
+    from codex_langfuse.ingest.jobs import WorkerContext
+    from codex_langfuse.ingest.replay import replay, terminal_progress
 
-    from ingest.replay import ReplayBusy
+    from codex_langfuse.ingest.replay import ReplayBusy
 
     now = time.time()
     try:
@@ -127,7 +127,7 @@ def cmd_replay(settings: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Any, args: argparse.Namespace) -> int:
-    from ingest.status import collect, render
+    from codex_langfuse.ingest.status import collect, render
 
     report = collect(settings)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
@@ -157,7 +157,7 @@ def parse_score_value(value: str, data_type: str | None) -> tuple[float | str, s
 
 
 def cmd_score(settings: Any, args: argparse.Namespace) -> int:
-    from ingest.scores import attach_score
+    from codex_langfuse.ingest.scores import attach_score
 
     try:
         value, data_type = parse_score_value(args.value, args.data_type)
@@ -170,7 +170,7 @@ def cmd_score(settings: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_show(settings: Any, args: argparse.Namespace) -> int:
-    from ingest.show import render_trace
+    from codex_langfuse.ingest.show import render_trace
 
     text = render_trace(settings.sink_dir, args.run_id, as_json=args.json)
     if text is None:
@@ -181,6 +181,6 @@ def cmd_show(settings: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Any, args: argparse.Namespace) -> int:
-    from ingest.demo import run_demo
+    from codex_langfuse.ingest.demo import run_demo
 
     return run_demo(settings, fixture=args.fixture, model=args.model)

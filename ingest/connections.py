@@ -10,8 +10,8 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from ingest.keys import Keys
-from ingest.settings import Settings
+from codex_langfuse.ingest.keys import Keys
+from codex_langfuse.ingest.settings import Settings
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from ingest.entries import Entry
-from ingest.events import (
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.events import (
     DUPLICATE_KEYS,
     Format,
     AgentMessage,
@@ -29,7 +29,7 @@ from ingest.events import (
 )
 
 if TYPE_CHECKING:
-    from ingest.fold import Folder, OpenItem
+    from codex_langfuse.ingest.fold import Folder, OpenItem
 
 # Codex 0.42 --experimental-json named a few item types differently.
 EXPERIMENTAL_ITEM_TYPES = {"assistant_message": "agent_message"}
@@ -93,7 +93,7 @@ def usage_of(obj: dict[str, Any]) -> Usage | None:
 
 
 def begin_item(folder: "Folder", item: Item, item_id: str, entry: Entry, raw: dict[str, Any]) -> None:
-    from ingest.fold import OpenItem
+    from codex_langfuse.ingest.fold import OpenItem
 
     state = folder.state
     if isinstance(item, TodoList):

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Literal
 import redis
 from pydantic import BaseModel
 
-from ingest.keys import Keys
+from codex_langfuse.ingest.keys import Keys
 
 
 class DeadLetter(BaseModel):

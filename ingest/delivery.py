@@ -14,10 +14,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from ingest.ledger import Ledger, score_key
-from ingest.observations import Score
-from ingest.otlp import span_size
-from ingest.transport import FORBIDDEN, NOT_FOUND, REJECTED, TOO_LARGE, UNAUTHORIZED, DeliveryError, Transport
+from codex_langfuse.ingest.ledger import Ledger, score_key
+from codex_langfuse.ingest.observations import Score
+from codex_langfuse.ingest.otlp import span_size
+from codex_langfuse.ingest.transport import FORBIDDEN, NOT_FOUND, REJECTED, TOO_LARGE, UNAUTHORIZED, DeliveryError, Transport
 
 # Failures that say nothing about the data, everything about the credentials or the address:
 # every further request would fail the same way.

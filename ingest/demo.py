@@ -19,12 +19,12 @@ from pathlib import Path
 
 import redis
 
-from ingest import connections
-from ingest.deadletters import DeadLetters
-from ingest.local_redis import LocalRedis
-from ingest.observations import trace_id
-from ingest.settings import Settings
-from ingest.show import render_trace
+from codex_langfuse.ingest import connections
+from codex_langfuse.ingest.deadletters import DeadLetters
+from codex_langfuse.ingest.local_redis import LocalRedis
+from codex_langfuse.ingest.observations import trace_id
+from codex_langfuse.ingest.settings import Settings
+from codex_langfuse.ingest.show import render_trace
 
 RECORDED_RUN = Path(__file__).parent / "demo" / "codex_0.169.0_full.jsonl"
 PROMPT = "Make a plan, run a command, create hello.txt and search the web"
@@ -36,7 +36,7 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
     spool = tempfile.mkdtemp(prefix="codex-langfuse-demo-spool-")
     env = {**os.environ, "REDIS_URL": server.url, "CODEX_LANGFUSE_SPOOL_DIR": spool,
            "CODEX_LANGFUSE_LOG_LEVEL": os.environ.get("CODEX_LANGFUSE_LOG_LEVEL", "WARNING")}
-    command = [sys.executable, "-m", "producer.cli"]
+    command = [sys.executable, "-m", "codex_langfuse.producer.cli"]
     processes: list[subprocess.Popen] = []
     run_id = f"demo-{uuid.uuid4()}"
     try:

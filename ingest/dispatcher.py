@@ -22,11 +22,11 @@ import time
 import uuid
 import redis
 
-from ingest import connections
-from ingest.entries import Entry, InvalidEntry
-from ingest.jobs import enqueue_runs
-from ingest.runs import RunStore
-from ingest.settings import Settings
+from codex_langfuse.ingest import connections
+from codex_langfuse.ingest.entries import Entry, InvalidEntry
+from codex_langfuse.ingest.jobs import enqueue_runs
+from codex_langfuse.ingest.runs import RunStore
+from codex_langfuse.ingest.settings import Settings
 
 log = logging.getLogger("codex_langfuse.dispatcher")
 

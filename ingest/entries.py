@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from producer.entries import is_valid_run_id
+from codex_langfuse.producer.entries import is_valid_run_id
 
 
 

@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel
 
-from ingest import current_format, legacy_format
-from ingest.entries import Entry
-from ingest.events import Format, Usage, first_line, parse_line
-from ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id, trace_id
-from ingest.pricing import PriceTable, usage_buckets
+from codex_langfuse.ingest import current_format, legacy_format
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.events import Format, Usage, first_line, parse_line
+from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id, trace_id
+from codex_langfuse.ingest.pricing import PriceTable, usage_buckets
 
 MAX_TRACKED_PATHS = 1000
 # Formats whose stream just ends (no turn.completed/turn.failed): ending is not aborting there.

@@ -20,19 +20,19 @@ from typing import Any, Callable
 import redis
 from rq import Queue, Retry
 
-from ingest import connections
-from ingest.content import ContentPolicy
-from ingest.deadletters import DeadLetter, DeadLetters
-from ingest.delivery import Delivery, SendReport, score_payload
-from ingest.fold import FoldContext, FoldResult, RunState, close, fold, new_state, skip_gap
-from ingest.keys import Keys
-from ingest.ledger import Ledger, score_key
-from ingest.otlp import encode_span
-from ingest.pricing import PriceTable
-from ingest.lease import LeaseLost
-from ingest.runs import DeliveryState, RunStore
-from ingest.settings import Settings, get_settings
-from ingest.transport import RETRIES_EXHAUSTED, Transport, make_transport
+from codex_langfuse.ingest import connections
+from codex_langfuse.ingest.content import ContentPolicy
+from codex_langfuse.ingest.deadletters import DeadLetter, DeadLetters
+from codex_langfuse.ingest.delivery import Delivery, SendReport, score_payload
+from codex_langfuse.ingest.fold import FoldContext, FoldResult, RunState, close, fold, new_state, skip_gap
+from codex_langfuse.ingest.keys import Keys
+from codex_langfuse.ingest.ledger import Ledger, score_key
+from codex_langfuse.ingest.otlp import encode_span
+from codex_langfuse.ingest.pricing import PriceTable
+from codex_langfuse.ingest.lease import LeaseLost
+from codex_langfuse.ingest.runs import DeliveryState, RunStore
+from codex_langfuse.ingest.settings import Settings, get_settings
+from codex_langfuse.ingest.transport import RETRIES_EXHAUSTED, Transport, make_transport
 
 log = logging.getLogger("codex_langfuse.worker")
 

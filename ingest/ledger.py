@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import redis
 
-from ingest.keys import Keys
+from codex_langfuse.ingest.keys import Keys
 
 
 def score_key(score: dict[str, Any]) -> str:

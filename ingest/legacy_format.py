@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ingest.entries import Entry
-from ingest.events import Format, LegacyTokenUsage, Line
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.events import Format, LegacyTokenUsage, Line
 
 if TYPE_CHECKING:
-    from ingest.fold import Folder, OpenItem
+    from codex_langfuse.ingest.fold import Folder, OpenItem
 
 HEADER_META = {"workdir": "cwd", "provider": "provider", "reasoning effort": "reasoning_effort",
                "sandbox": "sandbox", "approval": "approval"}
@@ -132,14 +132,14 @@ def error(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
 
 
 def begin(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
-    from ingest.fold import OpenItem
+    from codex_langfuse.ingest.fold import OpenItem
 
     call_id = str(msg.get("call_id") or f"seq{entry.seq}")
     folder.state.open_items[call_id] = OpenItem(started_us=entry.ts, item=msg, format=Format.LEGACY)
 
 
 def end(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
-    from ingest.fold import OpenItem
+    from codex_langfuse.ingest.fold import OpenItem
 
     call_id = str(msg.get("call_id") or f"seq{entry.seq}")
     opened = folder.state.open_items.pop(call_id, None)

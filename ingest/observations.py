@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from producer.entries import trace_id
+from codex_langfuse.producer.entries import trace_id
 
 __all__ = ["Observation", "Score", "TraceAttributes", "observation_id", "score_id", "trace_id"]
 

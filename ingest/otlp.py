@@ -11,8 +11,8 @@ from typing import Any, Iterable
 
 from langfuse import LangfuseOtelSpanAttributes as A
 
-from ingest.content import ContentPolicy
-from ingest.observations import Observation, TraceAttributes
+from codex_langfuse.ingest.content import ContentPolicy
+from codex_langfuse.ingest.observations import Observation, TraceAttributes
 
 SCOPE = {"name": "codex-langfuse", "version": "0.1.0"}
 RESOURCE = {"attributes": [{"key": "service.name", "value": {"stringValue": "codex-langfuse"}}]}

@@ -289,7 +289,7 @@ def _read_override(path: str) -> str:
 
 @cache
 def _shipped_table() -> tuple[str, dict[str, ModelPrices]]:
-    text = resources.files("ingest").joinpath("prices.json").read_text(encoding="utf-8")
+    text = resources.files("codex_langfuse.ingest").joinpath("prices.json").read_text(encoding="utf-8")
     return _parse_table(text, "ingest/prices.json", require_sources=True)
 
 

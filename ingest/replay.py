@@ -15,11 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from ingest.deadletters import DeadLetter, item_id
-from ingest.delivery import SendReport, span_key
-from ingest.jobs import WorkerContext
-from ingest.lease import Leases
-from ingest.ledger import score_key
+from codex_langfuse.ingest.deadletters import DeadLetter, item_id
+from codex_langfuse.ingest.delivery import SendReport, span_key
+from codex_langfuse.ingest.jobs import WorkerContext
+from codex_langfuse.ingest.lease import Leases
+from codex_langfuse.ingest.ledger import score_key
 
 
 # The lock of a replay that was killed frees itself this long after its last renewal.

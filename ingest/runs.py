@@ -14,11 +14,11 @@ from typing import Any, Iterable
 
 import redis
 
-from ingest.entries import Entry
-from ingest.events import Usage
-from ingest.fold import RunState
-from ingest.keys import Keys
-from ingest.lease import Leases, LeaseLost
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.events import Usage
+from codex_langfuse.ingest.fold import RunState
+from codex_langfuse.ingest.keys import Keys
+from codex_langfuse.ingest.lease import Leases, LeaseLost
 
 SCORE_PREFIX = "score:"
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ingest import connections
-from ingest.delivery import score_payload
-from ingest.jobs import enqueue_runs
-from ingest.observations import Score, score_id, trace_id
-from ingest.runs import RunStore
-from ingest.settings import Settings
+from codex_langfuse.ingest import connections
+from codex_langfuse.ingest.delivery import score_payload
+from codex_langfuse.ingest.jobs import enqueue_runs
+from codex_langfuse.ingest.observations import Score, score_id, trace_id
+from codex_langfuse.ingest.runs import RunStore
+from codex_langfuse.ingest.settings import Settings
 
 
 def attach_score(settings: Settings, run_id: str, name: str, value: float | str, data_type: str,

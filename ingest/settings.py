@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producer.entries import DEFAULT_STREAM
+from codex_langfuse.producer.entries import DEFAULT_STREAM
 
 
 def _state_dir() -> Path:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ingest.observations import trace_id
+from codex_langfuse.ingest.observations import trace_id
 
 ATTRIBUTE = "langfuse.observation."
 

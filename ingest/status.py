@@ -9,9 +9,9 @@ import redis
 from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from ingest import connections
-from ingest.deadletters import DeadLetters
-from ingest.settings import Settings
+from codex_langfuse.ingest import connections
+from codex_langfuse.ingest.deadletters import DeadLetters
+from codex_langfuse.ingest.settings import Settings
 
 
 def collect(settings: Settings, connection: redis.Redis | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ingest.otlp import resource_spans
+from codex_langfuse.ingest.otlp import resource_spans
 
 INGESTION_VERSION_HEADER = {"x-langfuse-ingestion-version": "4"}
 

@@ -14,8 +14,8 @@ import logging
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from ingest import connections, jobs
-from ingest.settings import Settings
+from codex_langfuse.ingest import connections, jobs
+from codex_langfuse.ingest.settings import Settings
 
 
 def make_worker(settings: Settings, name: str | None = None) -> Worker:

@@ -1,6 +1,6 @@
 """codex-langfuse producer: capture Codex CLI output inside any runner and ship it to a Redis stream.
 
-    from producer import Producer
+    from codex_langfuse.producer import Producer
     producer = Producer()                       # REDIS_URL, CODEX_LANGFUSE_* from the environment
     run = producer.start_run(model="gpt-5-codex", user_id="ci", tags=["nightly"])
     for line in codex_stdout:                   # bytes or str, one JSONL line each
@@ -26,8 +26,8 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
-from producer.config import ProducerSettings
-from producer.entries import (
+from codex_langfuse.producer.config import ProducerSettings
+from codex_langfuse.producer.entries import (
     DEFAULT_STREAM,
     END_REASON_CLOSED,
     END_REASON_EOF,
@@ -52,7 +52,7 @@ from producer.entries import (
     strip_line_ending,
     trace_id,
 )
-from producer.sender import ADOPT_INTERVAL, DEFAULT_BATCH_SIZE, Sender, Stats
+from codex_langfuse.producer.sender import ADOPT_INTERVAL, DEFAULT_BATCH_SIZE, Sender, Stats
 
 __all__ = [
     "DEFAULT_STREAM", "ENTRY_VERSION", "KINDS", "KIND_START", "KIND_LINE", "KIND_META", "KIND_SCORE",

@@ -31,11 +31,11 @@ import threading
 import uuid
 from typing import Sequence
 
-from producer import Producer, Run, __version__
-from producer.codex_args import (
+from codex_langfuse.producer import Producer, Run, __version__
+from codex_langfuse.producer.codex_args import (
     CodexCommand, codex_version, git_repository, parse_codex_command, resolve_model,
 )
-from producer.entries import END_REASON_CLOSED, END_REASON_EOF, SHRINKABLE_FACTOR, is_valid_run_id, trace_id
+from codex_langfuse.producer.entries import END_REASON_CLOSED, END_REASON_EOF, SHRINKABLE_FACTOR, is_valid_run_id, trace_id
 
 PRODUCER_COMMANDS = {
     "run": "run Codex (`run [OPTIONS] -- codex exec --json ...`), passing its output through, and capture it",
@@ -71,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])  # prints help or version and exits
         return 0
     try:
-        from ingest.cli import main as ingest_main
+        from codex_langfuse.ingest.cli import main as ingest_main
     except ModuleNotFoundError as exc:
-        if exc.name not in ("ingest", "ingest.cli"):
+        if exc.name not in ("codex_langfuse.ingest", "codex_langfuse.ingest.cli"):
             raise
         print(f"codex-langfuse: {argv[0]!r} is served by ingest.cli, which is not installed", file=sys.stderr)
         return 2

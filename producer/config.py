@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from producer.entries import DEFAULT_STREAM
+from codex_langfuse.producer.entries import DEFAULT_STREAM
 
 logger = logging.getLogger("codex_langfuse.producer")
 

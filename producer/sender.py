@@ -27,9 +27,9 @@ import weakref
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from producer.config import ProducerSettings, default_spool_dir
-from producer.entries import F_DATA, F_SHRINK_TO, shrink_json_line
-from producer.spool import SpoolFile, encode_record, orphan_candidates
+from codex_langfuse.producer.config import ProducerSettings, default_spool_dir
+from codex_langfuse.producer.entries import F_DATA, F_SHRINK_TO, shrink_json_line
+from codex_langfuse.producer.spool import SpoolFile, encode_record, orphan_candidates
 
 logger = logging.getLogger("codex_langfuse.producer")
 

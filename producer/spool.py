@@ -29,7 +29,7 @@ import secrets
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from producer.entries import F_DATA, F_RUN
+from codex_langfuse.producer.entries import F_DATA, F_RUN
 
 SPOOL_SUFFIX = ".spool"
 _HEADER_TEMPLATE = '{"codex_langfuse_spool":1,"confirmed":"%020d"}\n'

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ingest.observations import score_id, trace_id
+from codex_langfuse.ingest.observations import score_id, trace_id
 from tests.conftest import CODEX_FIXTURES
 from tests.support.stack import REPO
 from tests.test_pipeline import TS0, fixture_lines, meta_for
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_end_to_end_into_the_local_sink_and_shows_the_trace(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "CODEX_LANGFUSE_"))}
     env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=str(REPO))
-    answer = subprocess.run([sys.executable, "-m", "producer.cli", "demo"], env=env, cwd=REPO,
+    answer = subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "demo"], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0, answer.stderr
     out = answer.stdout
@@ -30,7 +30,7 @@ def test_demo_runs_end_to_end_into_the_local_sink_and_shows_the_trace(tmp_path):
     sink = tmp_path / "state" / "codex-langfuse" / "sink" / trace_id(run_id)
     assert len(list(sink.glob("*.json"))) == 10
     assert len(list((sink / "scores").glob("*.json"))) == 4
-    shown = subprocess.run([sys.executable, "-m", "producer.cli", "show", run_id], env=env, cwd=REPO,
+    shown = subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "show", run_id], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "agent      codex demo" in shown.stdout
 
@@ -44,7 +44,7 @@ def test_demo_with_langfuse_keys_sends_to_langfuse_and_says_when_it_refuses(tmp_
             env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "CODEX_LANGFUSE_"))}
             env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=str(REPO), LANGFUSE_BASE_URL=receiver.base_url,
                        LANGFUSE_PUBLIC_KEY=receiver.public_key, LANGFUSE_SECRET_KEY=secret)
-            answers.append(subprocess.run([sys.executable, "-m", "producer.cli", "demo"], env=env, cwd=REPO,
+            answers.append(subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "demo"], env=env, cwd=REPO,
                                           capture_output=True, text=True, timeout=120))
         sent, refused = answers
         assert sent.returncode == 0, sent.stderr
@@ -105,13 +105,13 @@ def test_status_and_replay_speak_plain_text_to_people(stack):
 
 def test_show_reports_a_run_it_does_not_know(tmp_path):
     env = {**os.environ, "CODEX_LANGFUSE_SINK_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
-    answer = subprocess.run([sys.executable, "-m", "producer.cli", "show", "no-such-run"], env=env, cwd=REPO,
+    answer = subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "show", "no-such-run"], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert answer.returncode == 1 and "no trace for no-such-run" in answer.stderr
 
 
 def test_help_lists_every_command():
-    answer = subprocess.run([sys.executable, "-m", "producer.cli", "--help"], capture_output=True, text=True,
+    answer = subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "--help"], capture_output=True, text=True,
                             cwd=REPO, timeout=60)
     assert answer.returncode == 0
     for command in ("run", "tee", "dispatch", "worker", "replay", "status", "score", "show", "demo"):

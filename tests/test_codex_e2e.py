@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from ingest.observations import trace_id
+from codex_langfuse.ingest.observations import trace_id
 from tests.support.codex_harness import SCENARIOS, CodexRun, CodexSandbox
 from tests.support.codex_install import CodexInstallError, ensure_codex
 from tests.support.mock_responses import ModelTurn, MockResponsesServer
@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.codex, pytest.mark.integration]
 CURRENT = "0.169.0"
 LEGACY = "0.42.0"
 MODEL = "gpt-5-codex"
-BRIDGE = [sys.executable, "-m", "producer.cli", "run"]
+BRIDGE = [sys.executable, "-m", "codex_langfuse.producer.cli", "run"]
 HANG_GUARD = 120  # seconds; only against a hang, never asserted
 SI_USER, SI_KERNEL = 0, 0x80  # siginfo si_code: sent by kill(), sent by the kernel (a terminal's ^C)
 

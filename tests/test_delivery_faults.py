@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from ingest.observations import observation_id, trace_id
+from codex_langfuse.ingest.observations import observation_id, trace_id
 from tests.conftest import CODEX_FIXTURES
 from tests.support.stack import REPO, Stack
 from tests.test_pipeline import TS0, assert_trace_equals_mapping, expected_trace, fixture_lines, meta_for, run_lines
@@ -194,7 +194,7 @@ def test_a_replay_killed_halfway_and_run_again_sends_every_observation_once(stac
     stack.receiver.clear_faults()
     # Slow answers (the spans are stored at once): the replay is killed while waiting for one.
     stack.receiver.delay("traces", 0.5, times=1000, store=True)
-    process = subprocess.Popen([sys.executable, "-m", "producer.cli", "replay", "--json"], env=stack.env,
+    process = subprocess.Popen([sys.executable, "-m", "codex_langfuse.producer.cli", "replay", "--json"], env=stack.env,
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         stack.wait(lambda: len({s.trace_id for s in stack.receiver.spans()}) >= 4, what="the replay to be halfway")
@@ -317,9 +317,9 @@ def test_status_json_counts_what_is_in_each_state(stack):
 def test_only_one_replay_runs_at_a_time(stack):
     """Two replays at once could send a letter twice: the second waits for the first's lock, and
     a lock left by a replay that died on this host is taken over at once."""
-    from ingest.jobs import WorkerContext
-    from ingest.lease import Leases
-    from ingest.replay import LOCK_SECONDS, ReplayBusy, replay as run_replay
+    from codex_langfuse.ingest.jobs import WorkerContext
+    from codex_langfuse.ingest.lease import Leases
+    from codex_langfuse.ingest.replay import LOCK_SECONDS, ReplayBusy, replay as run_replay
 
     ctx = WorkerContext.build(stack.settings())
     leases = Leases(stack.redis, LOCK_SECONDS)

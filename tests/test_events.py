@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ingest.events import (
+from codex_langfuse.ingest.events import (
     DUPLICATE_KEYS,
     AgentMessage,
     CollabToolCall,

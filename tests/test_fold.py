@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from langfuse import Langfuse
 
-from ingest.entries import Entry
-from ingest.events import Usage, parse_line
-from ingest.fold import FoldContext, FoldResult, RunState, close, fold, new_state, skip_gap
-from ingest.observations import Observation
-from ingest.pricing import PriceTable
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.events import Usage, parse_line
+from codex_langfuse.ingest.fold import FoldContext, FoldResult, RunState, close, fold, new_state, skip_gap
+from codex_langfuse.ingest.observations import Observation
+from codex_langfuse.ingest.pricing import PriceTable
 from tests.support.runs import (
     DEFAULT_RUN_ID,
     fixture_entries,
@@ -1004,7 +1004,7 @@ def test_cut_completion_line_still_closes_its_item():
 def test_a_line_the_producer_shrank_keeps_its_exit_code():
     """The producer shrinks an oversized JSON line by cutting its strings (trunc = original size):
     it still parses, so the command completes with its real exit code and status."""
-    from producer.entries import shrink_json_line
+    from codex_langfuse.producer.entries import shrink_json_line
 
     lines = fixture_lines(F_FAILED_CMD)
     done = json.loads(lines[4])

@@ -15,11 +15,11 @@ import pytest
 from langfuse import Langfuse
 from langfuse import LangfuseOtelSpanAttributes as A
 
-from ingest.content import ContentPolicy
-from ingest.fold import FoldContext, FoldResult, fold, new_state
-from ingest.observations import Observation
-from ingest.otlp import encode_span, resource_spans, span_size
-from ingest.pricing import PriceTable
+from codex_langfuse.ingest.content import ContentPolicy
+from codex_langfuse.ingest.fold import FoldContext, FoldResult, fold, new_state
+from codex_langfuse.ingest.observations import Observation
+from codex_langfuse.ingest.otlp import encode_span, resource_spans, span_size
+from codex_langfuse.ingest.pricing import PriceTable
 from tests.support.runs import DEFAULT_RUN_ID, fixture_entries, fixture_lines, run_entries
 
 RUN = DEFAULT_RUN_ID

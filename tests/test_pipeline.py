@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from ingest.content import ContentPolicy
-from ingest.delivery import score_payload
-from ingest.entries import Entry
-from ingest.fold import FoldContext, fold, new_state
-from ingest.observations import trace_id
-from ingest.otlp import encode_span
-from ingest.pricing import PriceTable
+from codex_langfuse.ingest.content import ContentPolicy
+from codex_langfuse.ingest.delivery import score_payload
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.fold import FoldContext, fold, new_state
+from codex_langfuse.ingest.observations import trace_id
+from codex_langfuse.ingest.otlp import encode_span
+from codex_langfuse.ingest.pricing import PriceTable
 from tests.conftest import CODEX_FIXTURES
 from tests.support.stack import Stack
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pricing import USAGE_KEYS, Price, PriceTable, usage_buckets
+from codex_langfuse.ingest.pricing import USAGE_KEYS, Price, PriceTable, usage_buckets
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PRICES_JSON = Path(__file__).parent.parent / "ingest" / "prices.json"

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 import fakeredis
 import pytest
 
-from producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
+from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
 
 HANG_GUARD = 60  # seconds; only keeps a broken build from hanging the suite
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
-from producer.cli import LineSplitter, main
-from producer.spool import orphan_candidates
+from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
+from codex_langfuse.producer.cli import LineSplitter, main
+from codex_langfuse.producer.spool import orphan_candidates
 
 BRIDGE = str(Path(sys.executable).parent / "codex-langfuse")
 CODEX_FIXTURES = Path(__file__).parent / "fixtures" / "codex"
@@ -350,9 +350,9 @@ def test_other_subcommands_are_handed_to_ingest_cli(monkeypatch):
     import types
 
     received = []
-    fake = types.ModuleType("ingest.cli")
+    fake = types.ModuleType("codex_langfuse.ingest.cli")
     fake.main = lambda argv: received.append(argv) or 7
-    monkeypatch.setitem(sys.modules, "ingest.cli", fake)
+    monkeypatch.setitem(sys.modules, "codex_langfuse.ingest.cli", fake)
     assert main(["status", "--json"]) == 7
     assert received == [["status", "--json"]]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.codex_args import (
+from codex_langfuse.producer.codex_args import (
     LONG_OPTIONS_WITH_VALUE, codex_version, git_repository, parse_codex_command, parse_config_override, resolve_model,
 )
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from producer.config import ProducerSettings, default_spool_dir
+from codex_langfuse.producer.config import ProducerSettings, default_spool_dir
 
 
 def test_defaults_without_environment(monkeypatch):

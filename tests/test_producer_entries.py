@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import producer
-from producer.entries import (
+import codex_langfuse.producer as producer
+from codex_langfuse.producer.entries import (
     decode_fields, encode_json, entry_fields, is_valid_run_id, strip_line_ending, trace_id,
 )
 
@@ -75,7 +75,7 @@ def test_importing_the_producer_pulls_in_nothing_heavy():
     """The producer lives inside arbitrary runners: standard library and redis only."""
     code = (
         "import json, sys, tempfile\n"
-        "import producer, producer.cli, producer.codex_args, producer.spool, producer.sender\n"
+        "import codex_langfuse.producer as producer, codex_langfuse.producer.cli, codex_langfuse.producer.codex_args, codex_langfuse.producer.spool, codex_langfuse.producer.sender\n"
         "loaded_at_import = sorted(sys.modules)\n"
         # also after actually sending (Redis refused -> spool), which imports redis on the sender thread
         "p = producer.Producer(redis_url='redis://127.0.0.1:9/0', spool_dir=tempfile.mkdtemp())\n"

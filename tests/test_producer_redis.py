@@ -16,8 +16,8 @@ from collections import Counter
 import pytest
 import redis
 
-from producer import DEFAULT_STREAM, Producer, decode_fields
-from producer.spool import orphan_candidates
+from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields
+from codex_langfuse.producer.spool import orphan_candidates
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_redis_frozen_mid_session_every_entry_arrives_and_only_the_batch_in_flig
 
 RUNNER = textwrap.dedent("""
     import json, sys, time
-    from producer import Producer
+    from codex_langfuse.producer import Producer
     producer = Producer(redis_url=sys.argv[1], spool_dir=sys.argv[2])
     run = producer.start_run(run_id="killed-runner")
     for n in range(int(sys.argv[3])):

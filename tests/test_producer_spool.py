@@ -10,9 +10,9 @@ import fakeredis
 import pytest
 import redis
 
-from producer import DEFAULT_STREAM, Producer, decode_fields
-from producer.entries import entry_fields
-from producer.spool import HEADER_LEN, SpoolFile, decode_record, encode_record, orphan_candidates
+from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields
+from codex_langfuse.producer.entries import entry_fields
+from codex_langfuse.producer.spool import HEADER_LEN, SpoolFile, decode_record, encode_record, orphan_candidates
 
 HANG_GUARD = 60
 

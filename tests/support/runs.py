@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ingest.entries import Entry
+from codex_langfuse.ingest.entries import Entry
 
 CODEX_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "codex"
 T0_US = 1_795_624_547_000_000  # 2026-11-25T16:35:47Z, when the recorded 0.169.0 runs started

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable
 
 import redis
 
-from ingest.keys import Keys
-from ingest.settings import Settings
+from codex_langfuse.ingest.keys import Keys
+from codex_langfuse.ingest.settings import Settings
 from tests.support.langfuse_receiver import LangfuseReceiver
 from tests.support.redis_server import RedisServer
 
@@ -84,7 +84,7 @@ class Stack:
         name = name or f"{role}-{len(self.processes)}"
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
-        command = [sys.executable, "-m", "producer.cli", role, *extra]
+        command = [sys.executable, "-m", "codex_langfuse.producer.cli", role, *extra]
         if role == "worker":
             command += ["--name", name]
         with open(log, "ab") as out:
@@ -108,7 +108,7 @@ class Stack:
                 process.wait(5)
 
     def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=self.env, cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", *args], env=self.env, cwd=REPO,
                               input=stdin, capture_output=True, timeout=timeout)
 
     def log_text(self, name: str) -> str:

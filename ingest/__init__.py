@@ -1,7 +1,9 @@
 """The back end of codex-langfuse: from the Redis stream to Langfuse.
 
-`dispatcher` files stream entries under their run and queues RQ jobs; `jobs.process_run` folds a
-run's new entries (`fold`, pure) into observations, prices them (`pricing`), encodes them as
-OTLP spans (`otlp`, with `content` redaction) and delivers them exactly once (`delivery`,
-`ledger`, `transport`), keeping what Langfuse refuses in `deadletters` for `replay`.
+`dispatcher` files stream entries under their run (`runs`) and wakes runs (`wake`: one RQ job
+per run touched); `job.process_run` folds a run's new entries (`fold` over `state`, with
+`current_format` and `legacy_format`; pure) into observations, prices them (`pricing`), encodes
+them as OTLP spans (`otlp`, with `content` redaction) and delivers its outbox (`outbox`) exactly
+once (`delivery`, `ledger`, `transport`), retrying as `retry` decides and keeping what Langfuse
+refuses in `deadletters` for `replay`. `context` builds what a worker needs, once per process.
 """

@@ -98,7 +98,7 @@ def cmd_worker(settings: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: Any, args: argparse.Namespace) -> int:
-    from codex_langfuse.ingest.jobs import WorkerContext
+    from codex_langfuse.ingest.context import WorkerContext
     from codex_langfuse.ingest.replay import replay, terminal_progress
 
     from codex_langfuse.ingest.replay import ReplayBusy

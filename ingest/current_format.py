@@ -1,12 +1,12 @@
 """The current stream format (Codex 0.44 -> today): thread/turn/item events.
 
-Each function takes the `Folder` of `ingest.fold` and one line; none does I/O.
+Each function takes a `Folder` (the protocol in `ingest.state`) and one line; none does I/O.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import (
@@ -27,9 +27,8 @@ from codex_langfuse.ingest.events import (
     first_line,
     parse_item,
 )
+from codex_langfuse.ingest.state import Folder, OpenItem
 
-if TYPE_CHECKING:
-    from codex_langfuse.ingest.fold import Folder, OpenItem
 
 # Codex 0.42 --experimental-json named a few item types differently.
 EXPERIMENTAL_ITEM_TYPES = {"assistant_message": "agent_message"}
@@ -38,7 +37,7 @@ CUMULATIVE_ONLY_KEYS = ("reasoning_output_tokens", "cache_write_input_tokens")
 CUMULATIVE_SINCE = (0, 98)
 
 
-def apply(folder: "Folder", line: Line, entry: Entry) -> None:
+def apply(folder: Folder, line: Line, entry: Entry) -> None:
     obj = line.obj or {}
     kind = line.type
     state = folder.state
@@ -92,7 +91,7 @@ def usage_of(obj: dict[str, Any]) -> Usage | None:
         return None
 
 
-def begin_item(folder: "Folder", item: Item, item_id: str, entry: Entry, raw: dict[str, Any]) -> None:
+def begin_item(folder: Folder, item: Item, item_id: str, entry: Entry, raw: dict[str, Any]) -> None:
     from codex_langfuse.ingest.fold import OpenItem
 
     state = folder.state
@@ -104,7 +103,7 @@ def begin_item(folder: "Folder", item: Item, item_id: str, entry: Entry, raw: di
     state.open_items[item_id] = OpenItem(started_us=started, item=raw, format=Format.CURRENT)
 
 
-def complete_item(folder: "Folder", item: Item, item_id: str, entry: Entry) -> None:
+def complete_item(folder: Folder, item: Item, item_id: str, entry: Entry) -> None:
     state = folder.state
     opened = state.open_items.pop(item_id, None)
     start = opened.started_us if opened else entry.ts
@@ -129,7 +128,7 @@ def complete_item(folder: "Folder", item: Item, item_id: str, entry: Entry) -> N
         folder.unknown(entry, extra.get("raw") or item.model_dump(), f"item:{item.type or 'unknown'}")
 
 
-def plan_event(folder: "Folder", item: TodoList, item_id: str, entry: Entry) -> None:
+def plan_event(folder: Folder, item: TodoList, item_id: str, entry: Entry) -> None:
     steps = [{"text": step.text, "completed": step.completed} for step in item.items]
     if folder.state.plans.get(item_id) == steps:
         return  # Codex repeats the final plan on item.completed
@@ -139,7 +138,7 @@ def plan_event(folder: "Folder", item: TodoList, item_id: str, entry: Entry) -> 
                  metadata={"completed": done, "total": len(steps)})
 
 
-def tool(folder: "Folder", item: Item, key: str, start_us: int, end_us: int, incomplete: bool = False,
+def tool(folder: Folder, item: Item, key: str, start_us: int, end_us: int, incomplete: bool = False,
          reason: str | None = None) -> None:
     """One `tool` observation for a command, file change, MCP call, sub-agent call or web search."""
     counters = folder.state.counters
@@ -204,13 +203,13 @@ def tool(folder: "Folder", item: Item, key: str, start_us: int, end_us: int, inc
                 status_message=status_message, metadata={k: v for k, v in metadata.items() if v is not None})
 
 
-def finish_incomplete(folder: "Folder", item_id: str, opened: "OpenItem", at_us: int, reason: str | None = None) -> None:
+def finish_incomplete(folder: Folder, item_id: str, opened: OpenItem, at_us: int, reason: str | None = None) -> None:
     item = parse_item(opened.item)
     if isinstance(item, (CommandExecution, FileChange, McpToolCall, CollabToolCall, WebSearch)):
         tool(folder, item, f"item/{item_id}", opened.started_us, at_us, incomplete=True, reason=reason)
 
 
-def end_turn(folder: "Folder", entry: Entry, reported: Usage | None, raw_usage: Any,
+def end_turn(folder: Folder, entry: Entry, reported: Usage | None, raw_usage: Any,
              failure: str | None = None, extra: dict | None = None) -> None:
     state = folder.state
     metadata: dict[str, Any] = {}
@@ -243,7 +242,7 @@ def _version(text: Any) -> tuple[int, ...] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def this_runs_usage(folder: "Folder", reported: Usage, raw_usage: dict[str, Any]) -> Usage:
+def this_runs_usage(folder: Folder, reported: Usage, raw_usage: dict[str, Any]) -> Usage:
     """Codex >= 0.98 reports usage cumulated over the thread; keep only what this run added."""
     state = folder.state
     version = _version(state.meta.get("codex_version"))
@@ -258,7 +257,7 @@ def this_runs_usage(folder: "Folder", reported: Usage, raw_usage: dict[str, Any]
         previous = folder.ctx.thread_baseline(state.thread_id)
         state.baseline_loaded = True
     if state.thread_id:
-        folder.result.thread_totals[state.thread_id] = reported
+        folder.remember_thread_total(state.thread_id, reported)
     state.thread_seen = reported
     if previous is None or not reported.covers(previous):
         # Nothing earlier, or the counters went down: not a continuation, take it as reported.

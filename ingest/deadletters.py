@@ -14,6 +14,7 @@ from typing import Any, Iterable, Literal
 import redis
 from pydantic import BaseModel
 
+from codex_langfuse.ingest.items import slot
 from codex_langfuse.ingest.keys import Keys
 
 
@@ -34,15 +35,11 @@ class DeadLetter(BaseModel):
     def new(cls, run_id: str, trace_id: str, kind: str, items: list[dict[str, Any]], reason: str, message: str,
             attempts: int = 1, first_failure: float | None = None) -> "DeadLetter":
         now = time.time()
-        ids = ",".join(item_id(kind, item) for item in items)
+        ids = ",".join(slot(item) for item in items)
         digest = hashlib.sha256(f"{run_id}|{kind}|{ids}".encode()).hexdigest()[:20]
         return cls(id=f"{run_id}:{digest}", run_id=run_id, trace_id=trace_id, kind=kind, items=items,
                    reason=reason, message=message[:4000], attempts=attempts,
                    first_failure=first_failure or now, last_failure=now)
-
-
-def item_id(kind: str, item: dict[str, Any]) -> str:
-    return item["spanId"] if kind == "spans" else item["id"]
 
 
 class DeadLetters:

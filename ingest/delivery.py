@@ -14,7 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from codex_langfuse.ingest.ledger import Ledger, score_key
+from codex_langfuse.ingest.items import ledger_key
+from codex_langfuse.ingest.ledger import Ledger
 from codex_langfuse.ingest.observations import Score
 from codex_langfuse.ingest.otlp import span_size
 from codex_langfuse.ingest.transport import FORBIDDEN, NOT_FOUND, REJECTED, TOO_LARGE, UNAUTHORIZED, DeliveryError, Transport
@@ -37,10 +38,6 @@ class SendReport:
 class _Stop(Exception):
     def __init__(self, error: DeliveryError):
         self.error = error
-
-
-def span_key(span: dict[str, Any]) -> str:
-    return span["spanId"]
 
 
 def score_payload(score: Score) -> dict[str, Any]:
@@ -92,21 +89,21 @@ class Delivery:
         """`keep_alive` runs before each request: a worker renews its lease on the run there (and
         stops, raising, if it lost it — another worker then delivers)."""
         report = SendReport()
-        done = self.ledger.accepted(trace_id, (span_key(s) for s in spans))
+        done = self.ledger.accepted(trace_id, (ledger_key(s) for s in spans))
         if in_doubt and len(done) < len(spans):
             try:
                 keep_alive()
-                present = self.transport.existing_span_ids(trace_id) & {span_key(s) for s in spans}
+                present = self.transport.existing_span_ids(trace_id) & {ledger_key(s) for s in spans}
             except DeliveryError as error:
                 if not error.transient:
                     raise
-                report.transient, report.unsent = error, [s for s in spans if span_key(s) not in done]
+                report.transient, report.unsent = error, [s for s in spans if ledger_key(s) not in done]
                 report.skipped = sorted(done)
                 return report
             self.ledger.record(trace_id, present - done)
             done |= present
         report.skipped = sorted(done)
-        pending = [s for s in spans if span_key(s) not in done]
+        pending = [s for s in spans if ledger_key(s) not in done]
         batches = list(self._batches(pending))
         for index, batch in enumerate(batches):
             try:
@@ -114,7 +111,7 @@ class Delivery:
             except _Stop as stop:
                 report.transient = stop.error
                 accepted = set(report.accepted)
-                report.unsent = [s for b in batches[index:] for s in b if span_key(s) not in accepted]
+                report.unsent = [s for b in batches[index:] for s in b if ledger_key(s) not in accepted]
                 break
             if report.rejected and report.rejected[-1][1].reason in ACCOUNT_WIDE:
                 error = report.rejected[-1][1]
@@ -156,7 +153,7 @@ class Delivery:
                     return
             report.rejected.append((batch, error))
             return
-        keys = [span_key(s) for s in batch]
+        keys = [ledger_key(s) for s in batch]
         self.ledger.record(trace_id, keys)
         report.accepted.extend(keys)
 
@@ -165,16 +162,16 @@ class Delivery:
     def send_scores(self, trace_id: str, scores: list[dict[str, Any]],
                     keep_alive: Callable[[], None] = lambda: None) -> SendReport:
         report = SendReport()
-        done = self.ledger.accepted(trace_id, (score_key(s) for s in scores))
+        done = self.ledger.accepted(trace_id, (ledger_key(s) for s in scores))
         report.skipped = sorted(done)
-        pending = [s for s in scores if score_key(s) not in done]
+        pending = [s for s in scores if ledger_key(s) not in done]
         try:
             if pending:
                 self._send_score_batch(trace_id, pending, report, keep_alive)
         except _Stop as stop:
             report.transient = stop.error
             accepted = set(report.accepted)
-            report.unsent = [s for s in pending if score_key(s) not in accepted]
+            report.unsent = [s for s in pending if ledger_key(s) not in accepted]
         return report
 
     def _send_score_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport,
@@ -200,6 +197,6 @@ class Delivery:
                 return
             report.rejected.append((batch, DeliveryError("; ".join(outcome.errors)[:2000], transient=False)))
             return
-        keys = [score_key(s) for s in batch]
+        keys = [ledger_key(s) for s in batch]
         self.ledger.record(trace_id, keys)
         report.accepted.extend(keys)

@@ -24,7 +24,7 @@ import redis
 
 from codex_langfuse.ingest import connections
 from codex_langfuse.ingest.entries import Entry, InvalidEntry
-from codex_langfuse.ingest.jobs import enqueue_runs
+from codex_langfuse.ingest.wake import enqueue_runs
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.settings import Settings
 

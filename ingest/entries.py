@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from codex_langfuse.producer.entries import is_valid_run_id
+from codex_langfuse.producer.entries import F_DATA, F_KIND, F_RUN, F_SEQ, F_TRUNC, F_TS, is_valid_run_id
 
 
 
@@ -50,7 +50,7 @@ class Entry(BaseModel):
             raw = fields.get(name.encode())
             return None if raw is None else raw.decode("utf-8", "replace")
 
-        raw_data = fields.get(b"data", b"")
+        raw_data = fields.get(F_DATA.encode(), b"")
         try:
             data = raw_data.decode("utf-8")
             binary = False
@@ -59,13 +59,13 @@ class Entry(BaseModel):
             binary = True
         try:
             return cls(
-                run=text("run") or "",
-                seq=int(text("seq") or ""),
-                ts=int(float(text("ts") or "")),
-                kind=text("kind") or "",
+                run=text(F_RUN) or "",
+                seq=int(text(F_SEQ) or ""),
+                ts=int(float(text(F_TS) or "")),
+                kind=text(F_KIND) or "",
                 data=data,
                 binary=binary,
-                trunc=int(text("trunc")) if text("trunc") else None,
+                trunc=int(text(F_TRUNC)) if text(F_TRUNC) else None,
             )
         except (ValueError, ValidationError) as exc:
             raise InvalidEntry(str(exc).splitlines()[0]) from None

@@ -14,15 +14,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
-
-from pydantic import BaseModel
+from typing import Any, Iterable
 
 from codex_langfuse.ingest import current_format, legacy_format
 from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import Format, Usage, first_line, parse_line
-from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id, trace_id
-from codex_langfuse.ingest.pricing import PriceTable, usage_buckets
+from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id
+from codex_langfuse.ingest.pricing import usage_buckets
+from codex_langfuse.ingest.state import Counters, FoldContext, HeldError, OpenItem, RunState
+
+__all__ = ["Counters", "FoldContext", "FoldResult", "Folder", "OpenItem", "RunState", "close", "fold", "new_state",
+           "skip_gap"]
 
 MAX_TRACKED_PATHS = 1000
 # Formats whose stream just ends (no turn.completed/turn.failed): ending is not aborting there.
@@ -31,93 +33,13 @@ NO_TERMINAL_EVENT = (Format.LEGACY, Format.EXPERIMENTAL)
 _CUT_COMPLETION = re.compile(r'^\s*\{\s*"type"\s*:\s*"item\.completed"\s*,\s*"item"\s*:\s*\{\s*"id"\s*:\s*"([^"]+)"')
 
 
-@dataclass(frozen=True)
-class FoldContext:
-    """What folding needs from outside, passed in so folding stays pure."""
-
-    prices: PriceTable | None = None
-    # Thread-cumulative usage recorded by earlier runs of a thread (Codex >= 0.98 reports
-    # usage cumulated over the whole thread, so a resumed run must subtract it).
-    thread_baseline: Callable[[str], Usage | None] = lambda thread_id: None
-    trace_name: str = "codex exec"
-    environment: str | None = None
-    max_output_chars: int = 8000
-
-
 @dataclass
 class FoldResult:
-    state: "RunState"
+    state: RunState
     observations: list[Observation] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)
     # thread id -> cumulative usage to remember for later resumes of that thread
     thread_totals: dict[str, Usage] = field(default_factory=dict)
-
-
-class OpenItem(BaseModel):
-    started_us: int
-    item: dict[str, Any]
-    format: Format | None = None  # the format of the line that opened it (streams can mix)
-
-
-class HeldError(BaseModel):
-    at_us: int
-    seq: int
-    message: str
-
-
-class Counters(BaseModel):
-    commands: int = 0
-    failed_commands: int = 0
-    file_changes: int = 0
-    mcp_calls: int = 0
-    web_searches: int = 0
-    subagent_calls: int = 0
-    agent_messages: int = 0
-    errors: int = 0
-    warnings: int = 0
-    invalid_lines: int = 0
-    unknown_events: int = 0
-    truncated_lines: int = 0
-    late_entries: int = 0
-    lost_entries: int = 0
-
-
-class RunState(BaseModel):
-    """Everything a later fold step needs; stored as JSON between steps."""
-
-    run_id: str
-    next_seq: int = 0
-    meta: dict[str, Any] = {}
-    started_us: int | None = None
-    last_us: int | None = None
-    format: Format | None = None
-    stream_model: str | None = None  # the model named by the stream itself (legacy header)
-    thread_id: str | None = None
-    turns: int = 0
-    turn_started_us: int | None = None
-    turn_open: bool = False
-    turn_message: str | None = None
-    final_message: str | None = None
-    open_items: dict[str, OpenItem] = {}
-    plans: dict[str, list[dict[str, Any]]] = {}
-    held_error: HeldError | None = None
-    outcome: str | None = None  # completed | failed | aborted
-    failure: str | None = None
-    usage: Usage = Usage()
-    thread_seen: Usage | None = None  # last cumulative thread usage this run knows of
-    baseline_loaded: bool = False
-    requests: int = 0  # legacy: model requests seen
-    request_started_us: int | None = None
-    legacy_total: dict[str, int] | None = None
-    counters: Counters = Counters()
-    files: list[str] = []
-    end: dict[str, Any] | None = None
-    closed: bool = False
-    gap_since: float | None = None  # worker clock: when the next entry was first found missing
-
-    @property
-    def trace_id(self) -> str:
-        return trace_id(self.run_id)
 
 
 def new_state(run_id: str) -> RunState:
@@ -228,6 +150,9 @@ class Folder:
         head = limit * 2 // 3
         tail = limit - head
         return f"{text[:head]}\n…[{len(text) - limit} characters cut]…\n{text[-tail:]}"
+
+    def remember_thread_total(self, thread: str, usage: Usage) -> None:
+        self.result.thread_totals[thread] = usage
 
     def track_files(self, paths: Iterable[str]) -> None:
         known = set(self.state.files)

@@ -1,25 +1,17 @@
 """The record of what Langfuse accepted, consulted before every send, retry and replay.
 
 Langfuse v4 keeps every copy it receives, so at-least-once inside the pipeline becomes
-exactly-once only here: a span id (or a score's id and content) is added once Langfuse answered
-success, and nothing in the ledger is sent again.
+exactly-once only here: an item's `items.ledger_key` is added once Langfuse answered success, and
+nothing in the ledger is sent again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Iterable
 
 import redis
 
 from codex_langfuse.ingest.keys import Keys
-
-
-def score_key(score: dict[str, Any]) -> str:
-    """A score may be re-sent with a new value (overwrite); the same value is sent once."""
-    content = json.dumps([score.get("value"), score.get("comment"), score.get("dataType")], sort_keys=True)
-    return f"score:{score['id']}:{hashlib.sha256(content.encode()).hexdigest()[:16]}"
 
 
 class Ledger:

@@ -8,15 +8,14 @@ request becomes a `generation`; tool calls pair `*_begin` and `*_end` by `call_i
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import Format, LegacyTokenUsage, Line
+from codex_langfuse.ingest.state import Folder, OpenItem
 
-if TYPE_CHECKING:
-    from codex_langfuse.ingest.fold import Folder, OpenItem
 
 HEADER_META = {"workdir": "cwd", "provider": "provider", "reasoning effort": "reasoning_effort",
                "sandbox": "sandbox", "approval": "approval"}
@@ -28,7 +27,7 @@ IGNORED = {
 }
 
 
-def apply(folder: "Folder", line: Line, entry: Entry) -> None:
+def apply(folder: Folder, line: Line, entry: Entry) -> None:
     obj = line.obj or {}
     state = folder.state
     if line.format is Format.LEGACY_HEADER:
@@ -53,26 +52,26 @@ def apply(folder: "Folder", line: Line, entry: Entry) -> None:
         handler(folder, msg, entry)
 
 
-def task_started(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def task_started(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     state = folder.state
     state.turns += 1
     state.turn_started_us = entry.ts
     state.request_started_us = entry.ts
 
 
-def task_complete(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def task_complete(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     folder.state.outcome = "completed"
     last = msg.get("last_agent_message")
     if isinstance(last, str) and last:
         folder.state.final_message = last
 
 
-def turn_aborted(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def turn_aborted(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     folder.state.outcome = "aborted"
     folder.state.failure = f"turn aborted: {msg.get('reason', 'unknown')}"
 
 
-def token_count(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def token_count(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     state = folder.state
     info = msg.get("info")
     if isinstance(info, dict):
@@ -103,11 +102,11 @@ def token_count(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
     state.request_started_us = entry.ts
 
 
-def agent_reasoning(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def agent_reasoning(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     folder.event(f"line/{entry.seq}", "reasoning", entry.ts, output=msg.get("text"))
 
 
-def agent_message(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def agent_message(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     text = msg.get("message")
     folder.state.counters.agent_messages += 1
     if isinstance(text, str):
@@ -115,7 +114,7 @@ def agent_message(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
     folder.event(f"line/{entry.seq}", "agent_message", entry.ts, output=text)
 
 
-def plan_update(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def plan_update(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     plan = msg.get("plan") if isinstance(msg.get("plan"), list) else []
     steps = [{"text": s.get("step"), "completed": s.get("status") == "completed", "status": s.get("status")}
              for s in plan if isinstance(s, dict)]
@@ -126,19 +125,19 @@ def plan_update(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
     folder.event(f"line/{entry.seq}", "plan", entry.ts, output=steps, metadata=metadata)
 
 
-def error(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def error(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     message = msg.get("message")
     folder.hold_error(entry.ts, entry.seq, message if isinstance(message, str) else str(msg))
 
 
-def begin(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def begin(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     from codex_langfuse.ingest.fold import OpenItem
 
     call_id = str(msg.get("call_id") or f"seq{entry.seq}")
     folder.state.open_items[call_id] = OpenItem(started_us=entry.ts, item=msg, format=Format.LEGACY)
 
 
-def end(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
+def end(folder: Folder, msg: dict[str, Any], entry: Entry) -> None:
     from codex_langfuse.ingest.fold import OpenItem
 
     call_id = str(msg.get("call_id") or f"seq{entry.seq}")
@@ -152,7 +151,7 @@ def end(folder: "Folder", msg: dict[str, Any], entry: Entry) -> None:
     tool(folder, call_id, opened, msg, entry.ts)
 
 
-def tool(folder: "Folder", call_id: str, opened: "OpenItem", end_msg: dict[str, Any] | None, end_us: int) -> None:
+def tool(folder: Folder, call_id: str, opened: OpenItem, end_msg: dict[str, Any] | None, end_us: int) -> None:
     """A `tool` observation from a begin event (`opened.item`) and its end event (None if it never came)."""
     counters = folder.state.counters
     begin_msg = opened.item
@@ -212,7 +211,7 @@ def tool(folder: "Folder", call_id: str, opened: "OpenItem", end_msg: dict[str, 
                 metadata={k: v for k, v in metadata.items() if v is not None})
 
 
-def finish_incomplete(folder: "Folder", item_id: str, opened: "OpenItem", at_us: int) -> None:
+def finish_incomplete(folder: Folder, item_id: str, opened: OpenItem, at_us: int) -> None:
     tool(folder, item_id, opened, None, at_us)
 
 

@@ -15,11 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from codex_langfuse.ingest.deadletters import DeadLetter, item_id
-from codex_langfuse.ingest.delivery import SendReport, span_key
-from codex_langfuse.ingest.jobs import WorkerContext
+from codex_langfuse.ingest.deadletters import DeadLetter
+from codex_langfuse.ingest.delivery import SendReport
+from codex_langfuse.ingest.context import WorkerContext
 from codex_langfuse.ingest.lease import Leases
-from codex_langfuse.ingest.ledger import score_key
+from codex_langfuse.ingest.items import ledger_key, slot
 
 
 # The lock of a replay that was killed frees itself this long after its last renewal.
@@ -57,7 +57,7 @@ def replay(ctx: WorkerContext, *, run_id: str | None = None, reason: str | None 
         report = ReplayReport(letters=len(letters), dry_run=dry_run)
         for index, letter in enumerate(letters, 1):
             if dry_run:
-                keys = [_ledger_key(letter, item) for item in letter.items]
+                keys = [ledger_key(item) for item in letter.items]
                 already = ctx.ledger.accepted(letter.trace_id, keys)
                 report.skipped += len(already)
                 report.replayed += len(keys) - len(already)
@@ -102,10 +102,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _ledger_key(letter: DeadLetter, item: dict) -> str:
-    return span_key(item) if letter.kind == "spans" else score_key(item)
-
-
 def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport, keep_alive: Callable[[], None]) -> bool:
     """Replay one letter; True when Langfuse is unreachable and replay should stop."""
     ctx.dead_letters.add([letter.model_copy(update={"in_flight": True})])
@@ -126,9 +122,9 @@ def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport, ke
     report.not_attempted += len(sent.unsent)
     error = sent.transient or sent.rejected[-1][1]
     report.errors.append(f"{letter.id}: {error.message[:300]}")
-    kept_ids = {item_id(letter.kind, item) for item in remaining}
+    kept_ids = {slot(item) for item in remaining}
     ctx.dead_letters.add([letter.model_copy(update={
-        "items": [item for item in letter.items if item_id(letter.kind, item) in kept_ids],
+        "items": [item for item in letter.items if slot(item) in kept_ids],
         "attempts": letter.attempts + 1,
         "last_failure": time.time(),
         "reason": letter.reason if sent.transient else sent.rejected[-1][1].reason,

@@ -16,12 +16,10 @@ import redis
 
 from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import Usage
-from codex_langfuse.ingest.fold import RunState
+from codex_langfuse.ingest.items import is_score_slot, slot
+from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.keys import Keys
 from codex_langfuse.ingest.lease import Leases, LeaseLost
-
-SCORE_PREFIX = "score:"
-
 
 @dataclass
 class DeliveryState:
@@ -142,8 +140,7 @@ class RunStore:
 
     def add_to_outbox(self, pipe: Any, run: str, spans: Iterable[dict[str, Any]],
                       scores: Iterable[dict[str, Any]]) -> None:
-        outbox = {span["spanId"]: _dumps(span) for span in spans}
-        outbox.update({f"{SCORE_PREFIX}{score['id']}": _dumps(score) for score in scores})
+        outbox = {slot(item): _dumps(item) for item in (*spans, *scores)}
         if outbox:
             pipe.hset(self.keys.outbox(run), mapping=outbox)
 
@@ -159,7 +156,7 @@ class RunStore:
     def outbox(self, run: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         spans, scores = [], []
         for key, value in self.redis.hgetall(self.keys.outbox(run)).items():
-            (scores if key.startswith(SCORE_PREFIX.encode()) else spans).append(json.loads(value))
+            (scores if is_score_slot(key) else spans).append(json.loads(value))
         spans.sort(key=lambda span: int(span["startTimeUnixNano"]))
         return spans, scores
 
@@ -169,10 +166,11 @@ class RunStore:
     def mark_in_flight(self, run: str) -> None:
         self.redis.hset(self.keys.delivery(run), "in_flight", "1")
 
-    def settle(self, pipe: Any, run: str, delivered_spans: Iterable[str], delivered_scores: Iterable[str]) -> None:
-        fields = [*delivered_spans, *(f"{SCORE_PREFIX}{s}" for s in delivered_scores)]
-        if fields:
-            pipe.hdel(self.keys.outbox(run), *fields)
+    def settle(self, pipe: Any, run: str, slots: Iterable[str]) -> None:
+        """Items that need no more sending (accepted, or dead-lettered) leave the outbox."""
+        slots = list(slots)
+        if slots:
+            pipe.hdel(self.keys.outbox(run), *slots)
 
     def record_success(self, pipe: Any, run: str) -> None:
         pipe.delete(self.keys.delivery(run))

@@ -11,7 +11,7 @@ from typing import Any
 
 from codex_langfuse.ingest import connections
 from codex_langfuse.ingest.delivery import score_payload
-from codex_langfuse.ingest.jobs import enqueue_runs
+from codex_langfuse.ingest.wake import enqueue_runs
 from codex_langfuse.ingest.observations import Score, score_id, trace_id
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.settings import Settings

@@ -2,7 +2,7 @@
 directory sink when no Langfuse keys are configured.
 
 Both raise `DeliveryError`, classified: transient failures are retried later, permanent ones
-go to the dead letters. Nothing here retries by itself; `ingest.delivery` decides.
+go to the dead letters. Nothing here retries by itself; `ingest.retry` decides.
 """
 
 from __future__ import annotations

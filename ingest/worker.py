@@ -14,7 +14,8 @@ import logging
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from codex_langfuse.ingest import connections, jobs
+from codex_langfuse.ingest import connections
+from codex_langfuse.ingest.context import WorkerContext, context, use_context
 from codex_langfuse.ingest.settings import Settings
 
 
@@ -34,7 +35,7 @@ def make_worker(settings: Settings, name: str | None = None) -> Worker:
 
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None) -> bool:
     # Built before forking: every work horse inherits the price table and the transport setup.
-    jobs.use_context(jobs.WorkerContext.build(settings))
-    logging.getLogger("codex_langfuse").info("worker sending to %s", jobs.context().transport.describe())
+    use_context(WorkerContext.build(settings))
+    logging.getLogger("codex_langfuse").info("worker sending to %s", context().transport.describe())
     worker = make_worker(settings, name)
     return worker.work(burst=burst, with_scheduler=True, logging_level=logging.getLevelName(logging.getLogger().level))

@@ -317,7 +317,7 @@ def test_status_json_counts_what_is_in_each_state(stack):
 def test_only_one_replay_runs_at_a_time(stack):
     """Two replays at once could send a letter twice: the second waits for the first's lock, and
     a lock left by a replay that died on this host is taken over at once."""
-    from codex_langfuse.ingest.jobs import WorkerContext
+    from codex_langfuse.ingest.context import WorkerContext
     from codex_langfuse.ingest.lease import Leases
     from codex_langfuse.ingest.replay import LOCK_SECONDS, ReplayBusy, replay as run_replay
 

@@ -1,0 +1,129 @@
+"""What a fold step starts from: a run's state between steps, the context it is folded in, and
+the interface the format modules fold through.
+
+Kept apart from `fold` so the format modules (`current_format`, `legacy_format`) depend on these
+types and the `Folder` protocol only, and `fold` depends on them: no import cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel
+
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.events import Format, Usage
+from codex_langfuse.ingest.observations import trace_id
+from codex_langfuse.ingest.pricing import PriceTable
+
+
+@dataclass(frozen=True)
+class FoldContext:
+    """What folding needs from outside, passed in so folding stays pure."""
+
+    prices: PriceTable | None = None
+    # Thread-cumulative usage recorded by earlier runs of a thread (Codex >= 0.98 reports
+    # usage cumulated over the whole thread, so a resumed run must subtract it).
+    thread_baseline: Callable[[str], Usage | None] = lambda thread_id: None
+    trace_name: str = "codex exec"
+    environment: str | None = None
+    max_output_chars: int = 8000
+
+
+class OpenItem(BaseModel):
+    started_us: int
+    item: dict[str, Any]
+    format: Format | None = None  # the format of the line that opened it (streams can mix)
+
+
+class HeldError(BaseModel):
+    at_us: int
+    seq: int
+    message: str
+
+
+class Counters(BaseModel):
+    commands: int = 0
+    failed_commands: int = 0
+    file_changes: int = 0
+    mcp_calls: int = 0
+    web_searches: int = 0
+    subagent_calls: int = 0
+    agent_messages: int = 0
+    errors: int = 0
+    warnings: int = 0
+    invalid_lines: int = 0
+    unknown_events: int = 0
+    truncated_lines: int = 0
+    late_entries: int = 0
+    lost_entries: int = 0
+
+
+class RunState(BaseModel):
+    """Everything a later fold step needs; stored as JSON between steps."""
+
+    run_id: str
+    next_seq: int = 0
+    meta: dict[str, Any] = {}
+    started_us: int | None = None
+    last_us: int | None = None
+    format: Format | None = None
+    stream_model: str | None = None  # the model named by the stream itself (legacy header)
+    thread_id: str | None = None
+    turns: int = 0
+    turn_started_us: int | None = None
+    turn_open: bool = False
+    turn_message: str | None = None
+    final_message: str | None = None
+    open_items: dict[str, OpenItem] = {}
+    plans: dict[str, list[dict[str, Any]]] = {}
+    held_error: HeldError | None = None
+    outcome: str | None = None  # completed | failed | aborted
+    failure: str | None = None
+    usage: Usage = Usage()
+    thread_seen: Usage | None = None  # last cumulative thread usage this run knows of
+    baseline_loaded: bool = False
+    requests: int = 0  # legacy: model requests seen
+    request_started_us: int | None = None
+    legacy_total: dict[str, int] | None = None
+    counters: Counters = Counters()
+    files: list[str] = []
+    end: dict[str, Any] | None = None
+    closed: bool = False
+    gap_since: float | None = None  # worker clock: when the next entry was first found missing
+
+    @property
+    def trace_id(self) -> str:
+        return trace_id(self.run_id)
+
+
+class Folder(Protocol):
+    """What a format module may do while folding one line (implemented by `fold.Folder`)."""
+
+    state: RunState
+    ctx: FoldContext
+
+    @property
+    def prompt(self) -> Any: ...
+
+    def emit(self, key: str, type_: str, name: str, start_us: int, end_us: int, **fields: Any) -> None: ...
+
+    def event(self, key: str, name: str, at_us: int, **fields: Any) -> None: ...
+
+    def warning(self, key: str, name: str, at_us: int, message: str, **fields: Any) -> None: ...
+
+    def generation(self, key: str, name: str, start_us: int, end_us: int, usage: Usage | None,
+                   request_input_tokens: int | None = None, **fields: Any) -> None: ...
+
+    def capped(self, text: str) -> str: ...
+
+    def track_files(self, paths: Any) -> None: ...
+
+    def hold_error(self, at_us: int, seq: int, message: str) -> None: ...
+
+    def release_error(self, fatal: bool = False) -> None: ...
+
+    def unknown(self, entry: Entry, obj: dict[str, Any], name: str) -> None: ...
+
+    def remember_thread_total(self, thread: str, usage: Usage) -> None: ...

@@ -16,7 +16,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,13 @@ _ID_PREFIX = {
 class MockResponsesServer:
     """Serves a script of model turns to Codex. Use as a context manager or call ``close()``."""
 
-    def __init__(self, script: list[ScriptEntry] | None = None, *, model: str = "gpt-5-codex") -> None:
+    def __init__(self, script: list[ScriptEntry] | None = None, *, model: str = "gpt-5-codex",
+                 router: Callable[[Any], ScriptEntry | None] | None = None) -> None:
+        """``router(request body)``, when given, answers each request instead of the script: for
+        conversations that run side by side (a sub-agent's thread next to its parent's), where the
+        order of requests is not fixed; ``client_metadata.thread_id`` says whose request it is."""
         self.model = model
+        self.router = router
         self.requests: list[RecordedRequest] = []
         self._script: list[ScriptEntry] = list(script or [])
         self._lock = threading.Lock()
@@ -293,7 +298,9 @@ class MockResponsesServer:
         self.close()
 
     # -- internals --
-    def _next_entry(self) -> ScriptEntry | None:
+    def _next_entry(self, body: Any = None) -> ScriptEntry | None:
+        if self.router is not None:
+            return self.router(body)
         with self._lock:
             return self._script.pop(0) if self._script else None
 
@@ -357,7 +364,7 @@ class MockResponsesServer:
                     self._record(body, "not found")
                     self._send_json(404, error_body(f"mock: no route for POST {self.path}", code="not_found"))
                     return
-                entry = server._next_entry()
+                entry = server._next_entry(body)
                 if entry is None:
                     self._record(body, "exhausted")
                     self._send_json(400, error_body("mock: script exhausted (no model turn left)"))

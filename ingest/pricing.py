@@ -4,6 +4,10 @@ The table ships as `ingest/prices.json` (its `$schema_notes` describe the format
 same shape (setting `CODEX_LANGFUSE_PRICES_FILE`, read by the caller) replaces or adds entries by
 model name. Nothing here does I/O except reading those two files.
 
+Prices change: an entry's prices are in force since its `effective_from`, its `history` holds the
+earlier periods, and `price(..., on=date)` uses the period of that date (a rollout record's date
+for an imported turn, the date a line was read for a live run).
+
 Usage buckets are Langfuse's exclusive `usage_details` keys. `usage_buckets` turns OpenAI Responses
 counts (where cached input is part of input and reasoning is part of output) into them;
 `PriceTable.price` prices them. When a model or tier is not in the table, `price` returns None and the
@@ -27,7 +31,7 @@ from functools import cache
 from importlib import resources
 from typing import Annotated, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 USAGE_KEYS = ("input", "input_cached_tokens", "input_cache_creation", "output", "output_reasoning_tokens")
 
@@ -92,8 +96,8 @@ class Source(BaseModel):
         return f"{self.url} ({dates})"
 
 
-class ModelPrices(BaseModel):
-    """One entry of the table: the prices of one model name."""
+class TierPrices(BaseModel):
+    """The rates of every tier of one model over one period."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -102,7 +106,6 @@ class ModelPrices(BaseModel):
     long_context: LongContext | None = None
     sources: tuple[Source, ...] = ()
     notes: str | None = None
-    langfuse_difference: str | None = None
 
     def tier_rates(self, service_tier: ServiceTier | None, long_context: bool) -> tuple[str, Rates] | None:
         if long_context and self.long_context is not None:
@@ -116,6 +119,37 @@ class ModelPrices(BaseModel):
         return (service_tier, rates) if rates is not None else None
 
 
+class PricePeriod(TierPrices):
+    """Earlier prices of a model, in force from `effective_from` until the next period begins."""
+
+    effective_from: datetime.date
+
+
+class ModelPrices(TierPrices):
+    """One entry of the table: the prices of one model name, in force since `effective_from`
+    (always, when absent), and `history`: the earlier periods, each with its own sources."""
+
+    effective_from: datetime.date | None = None
+    history: tuple[PricePeriod, ...] = ()
+    langfuse_difference: str | None = None
+
+    @model_validator(mode="after")
+    def _periods_in_order(self) -> "ModelPrices":
+        starts = [period.effective_from for period in self.history]
+        if starts != sorted(set(starts)):
+            raise ValueError("history: periods must be in date order, each starting on its own date")
+        if self.history and (self.effective_from is None or self.effective_from <= starts[-1]):
+            raise ValueError("effective_from must follow the last history period")
+        return self
+
+    def period(self, on: datetime.date | None) -> TierPrices:
+        """The prices in force on `on` (the current ones when None, or before the first period)."""
+        if on is None or self.effective_from is None or on >= self.effective_from:
+            return self
+        earlier = [period for period in self.history if period.effective_from <= on]
+        return earlier[-1] if earlier else self.history[0] if self.history else self
+
+
 @dataclass(frozen=True)
 class Price:
     """The cost of one generation."""
@@ -125,6 +159,7 @@ class Price:
     model: str  # the table entry that matched
     tier: str  # standard, flex, priority, long_context, flex_long_context, priority_long_context
     table_version: str  # the shipped table's version, or "override:<path>"
+    effective_from: datetime.date | None = None  # the start of the period whose prices applied
 
 
 @dataclass(frozen=True)
@@ -203,8 +238,10 @@ class PriceTable:
         *,
         service_tier: str | None = None,
         request_input_tokens: int | None = None,
+        on: datetime.date | None = None,
     ) -> Price | None:
-        """Cost of `usage` (exclusive buckets; a "total" key is ignored) on `model`.
+        """Cost of `usage` (exclusive buckets; a "total" key is ignored) on `model`, at the prices
+        in force on the date `on` (the current prices when None).
 
         None when the model is None or unknown, when `service_tier` is not a known tier, or when the
         tier (or tier over the long-context threshold) has no published price for the model.
@@ -221,14 +258,15 @@ class PriceTable:
             return None
         tier_key = SERVICE_TIER_ALIASES[requested_tier]
         entry = self._entries[name]
+        period = entry.prices.period(on)
         request_input = (
             _usage_count("request_input_tokens", request_input_tokens)
             if request_input_tokens is not None
             else sum(counts.get(bucket, 0) for bucket in INPUT_BUCKETS)
         )
-        long_context = entry.prices.long_context
+        long_context = period.long_context
         over_threshold = long_context is not None and request_input > long_context.threshold_input_tokens
-        resolved = entry.prices.tier_rates(tier_key, over_threshold)
+        resolved = period.tier_rates(tier_key, over_threshold)
         if resolved is None:
             return None
         tier, rates = resolved
@@ -240,10 +278,11 @@ class PriceTable:
         cost_details["total"] = float(total)
         return Price(
             cost_details=cost_details,
-            source=_describe_sources(entry, tier),
+            source=_describe_sources(entry, period, tier),
             model=name,
             tier=tier,
             table_version=entry.table_version,
+            effective_from=getattr(period, "effective_from", None),
         )
 
 
@@ -252,8 +291,8 @@ def _normalize_name(model: str) -> str:
     return name[len(PROVIDER_PREFIX) :] if name.startswith(PROVIDER_PREFIX) else name
 
 
-def _describe_sources(entry: _Entry, tier: str) -> str:
-    sources = entry.prices.sources
+def _describe_sources(entry: _Entry, period: TierPrices, tier: str) -> str:
+    sources = period.sources
     if not sources:
         return f"override file {entry.origin}"
     covering = [source for source in sources if tier in source.covers] or list(sources)
@@ -321,7 +360,7 @@ def _parse_table(text: str, path: str, *, require_sources: bool) -> tuple[str, d
                 f"{'.'.join(str(part) for part in error['loc']) or '(entry)'}: {error['msg']}" for error in exc.errors()
             )
             raise ValueError(f"price file {path}: entry {raw_name!r}: {problems}") from None
-        if require_sources and not prices.sources:
+        if require_sources and not (prices.sources and all(period.sources for period in prices.history)):
             raise ValueError(f"price file {path}: entry {raw_name!r}: no source")
         entries[name] = prices
     return version or "unversioned", entries

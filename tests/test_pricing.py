@@ -159,7 +159,7 @@ def test_gpt_5_codex_cost(table):
         "output_reasoning_tokens": 100 * 10.00 / M,  # reasoning is billed at the output rate
     })
     assert price.cost_details["total"] == pytest.approx(0.0065, abs=EXACT)
-    assert (price.model, price.tier, price.table_version) == ("gpt-5-codex", "standard", "2026-11-25")
+    assert (price.model, price.tier, price.table_version) == ("gpt-5-codex", "standard", "2026-11-30")
     assert price.source.startswith("https://developers.openai.com/api/docs/models/gpt-5-codex (")
     assert "checked 2026-11-25" in price.source
 
@@ -503,7 +503,7 @@ def test_override_adds_and_replaces_entries(tmp_path):
     assert table.price("gpt-5-2025-08-07", {"input": 1000})
     assert table.price("gpt-5-2025-08-07", {"input": 1000}).cost_details["input"] == pytest.approx(1000 * 7 / M, abs=EXACT)
     assert table.price("gpt-5", {"input": 1000}).cost_details["input"] == pytest.approx(1000 * 1.25 / M, abs=EXACT)
-    assert table.price("gpt-5", {"input": 1000}).table_version == "2026-11-25"
+    assert table.price("gpt-5", {"input": 1000}).table_version == "2026-11-30"
 
 
 def test_without_override_the_shipped_table_is_used(tmp_path):

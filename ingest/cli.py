@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-COMMANDS = ("dispatch", "worker", "replay", "status", "score", "show", "demo")
+COMMANDS = ("dispatch", "worker", "replay", "status", "score", "show", "demo", "verify")
 
 
 def _duration(text: str) -> float:
@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end to end on a recorded Codex run, with a Redis of its own")
     demo.add_argument("--fixture", help="a Codex JSONL file to feed (default: a recorded 0.169.0 run)")
     demo.add_argument("--model", default="gpt-5-codex", help="model to price the recorded run with")
+
+    verify = sub.add_parser("verify", help="compare Codex's session history with what Langfuse holds, turn by "
+                                           "turn; re-send what is missing with the same ids")
+    verify.add_argument("paths", nargs="*", metavar="PATH",
+                        help="rollout files or directories (default: $CODEX_HOME/sessions and archived_sessions)")
+    verify.add_argument("--dry-run", action="store_true", help="report only; re-send nothing")
+    verify.add_argument("--ledger-only", action="store_true", help="ask the ledger only, not Langfuse's API")
+    verify.add_argument("--idle-timeout", type=_duration, default=None, metavar="SECONDS",
+                        help="a turn silent this long is over (default: CODEX_LANGFUSE_IDLE_TIMEOUT)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -184,3 +194,45 @@ def cmd_demo(settings: Any, args: argparse.Namespace) -> int:
     from codex_langfuse.ingest.demo import run_demo
 
     return run_demo(settings, fixture=args.fixture, model=args.model)
+
+
+def cmd_verify(settings: Any, args: argparse.Namespace) -> int:
+    from codex_langfuse.ingest.context import WorkerContext
+    from codex_langfuse.ingest.verify import Verifier
+    from codex_langfuse.producer import Producer
+    from codex_langfuse.producer.importer import TurnShipper
+    from codex_langfuse.producer.rollout_state import RolloutState, default_state_path
+    from codex_langfuse.producer.rollouts import default_roots, find_rollouts
+
+    ctx = WorkerContext.build(settings)
+    files = find_rollouts(args.paths or default_roots())
+    producer = state = None
+    ship = None
+    if not args.dry_run:
+        producer = Producer(redis_url=settings.redis_url, stream=settings.stream)
+        state = RolloutState(default_state_path())
+        ship = TurnShipper(producer, state).ship
+    verifier = Verifier(ctx.store, ctx.ledger, ctx.claims, None if args.ledger_only else ctx.transport,
+                        ctx.fold_context(), ship)
+    try:
+        report = verifier.verify(files, args.idle_timeout or settings.idle_timeout)
+    finally:
+        if producer is not None:
+            producer.close(10)
+        if state is not None:
+            state.close()
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        counts = report.counts
+        print(f"{report.files} files, {report.turns} turns: {counts['complete']} complete, {counts['missing']} "
+              f"missing observations, {counts['not_sent']} not sent, {counts['in_progress']} in progress, "
+              f"{counts['live']} counted by a live capture; re-sent {report.healed}")
+        for check in report.checks:
+            if check.status in ("missing", "not_sent"):
+                print(f"  {check.status:8} {check.run_id} ({len(check.missing)} of {check.expected} observations)"
+                      f"{' re-sent' if check.healed else ''}")
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+    unhealed = sum(1 for c in report.checks if c.status in ("missing", "not_sent") and not c.healed)
+    return 1 if report.errors or unhealed else 0

@@ -20,6 +20,7 @@ from codex_langfuse.ingest.retry import RetryPolicy
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.settings import Settings, get_settings
 from codex_langfuse.ingest.transport import Transport, make_transport
+from codex_langfuse.ingest.turn_claims import TurnClaims
 
 
 @dataclass
@@ -36,6 +37,7 @@ class WorkerContext:
     prices: PriceTable
     policy: ContentPolicy
     retry: RetryPolicy
+    claims: TurnClaims
 
     @classmethod
     def build(cls, settings: Settings, transport: Transport | None = None) -> "WorkerContext":
@@ -57,10 +59,11 @@ class WorkerContext:
             policy=ContentPolicy(capture=settings.capture_content, max_field_chars=settings.max_field_chars,
                                  redact=settings.redact, extra_patterns=settings.redact_patterns),
             retry=RetryPolicy(base=settings.retry_base, cap=settings.retry_cap, retry_for=settings.retry_for),
+            claims=TurnClaims(connection, keys, settings.ledger_ttl),
         )
 
     def fold_context(self) -> FoldContext:
-        return FoldContext(prices=self.prices, thread_baseline=self.store.thread_baseline,
+        return FoldContext(prices=self.prices, thread_baseline=self.store.thread_baseline, claim_turn=self.claims.claim,
                            trace_name=self.settings.trace_name, environment=self.settings.environment,
                            max_output_chars=self.settings.max_output_chars)
 

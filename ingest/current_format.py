@@ -27,6 +27,7 @@ from codex_langfuse.ingest.events import (
     first_line,
     parse_item,
 )
+from codex_langfuse.ingest.observations import trace_id
 from codex_langfuse.ingest.state import Folder, OpenItem
 
 
@@ -225,6 +226,13 @@ def end_turn(folder: Folder, entry: Entry, reported: Usage | None, raw_usage: An
             metadata["usage_note"] = "Codex reports usage cumulated over the thread; this run's share is shown"
     if state.thread_id:
         metadata["thread_id"] = state.thread_id
+    if usage is not None:
+        # An import of the same thread's rollout may have counted this turn already (`turn_claims`).
+        owner = folder.claim_turn(state.started_us or entry.ts, entry.ts)
+        if owner is not None and owner != state.run_id:
+            metadata.update(usage_counted_by={"run_id": owner, "trace_id": trace_id(owner)},
+                            usage_not_counted=usage.model_dump())
+            usage = None
     turn = max(state.turns, 1)
     folder.generation(
         f"turn/{turn}", f"turn {turn}", state.turn_started_us or entry.ts, entry.ts, usage,

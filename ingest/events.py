@@ -19,6 +19,7 @@ class Format(str, Enum):
     LEGACY = "legacy"  # Rust --json up to 0.42: {"id": "0", "msg": {"type": ...}}
     LEGACY_HEADER = "legacy_header"  # first lines of the legacy stream: config summary, prompt
     EXPERIMENTAL = "experimental"  # 0.42 --experimental-json: session.created, item_type
+    ROLLOUT = "rollout"  # Codex's session files, shipped by `import`/`follow` (start entry says so)
     UNKNOWN = "unknown"  # JSON, but no format we know
     INVALID = "invalid"  # not a JSON object at all
 

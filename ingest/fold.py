@@ -11,12 +11,13 @@ its `end` entry, or through `close()` when the producer stopped reporting.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from codex_langfuse.ingest import current_format, legacy_format
+from codex_langfuse.ingest import current_format, legacy_format, rollout_format
 from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import Format, Usage, first_line, parse_line
 from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id
@@ -154,6 +155,12 @@ class Folder:
     def remember_thread_total(self, thread: str, usage: Usage) -> None:
         self.result.thread_totals[thread] = usage
 
+    def claim_turn(self, start_us: int, end_us: int) -> str | None:
+        """The run that counts this turn of the thread (this one, unless another claimed it first)."""
+        if not self.state.thread_id:
+            return None
+        return self.ctx.claim_turn(self.state.thread_id, self.state.run_id, start_us, end_us)
+
     def track_files(self, paths: Iterable[str]) -> None:
         known = set(self.state.files)
         for path in paths:
@@ -205,11 +212,16 @@ class Folder:
                     # Unknown request sizes: price at the standard tier rather than take a turn's
                     # sum of many requests for one long-context request.
                     request_input_tokens=request_input_tokens if request_input_tokens is not None else 0,
+                    # the prices in force when the tokens were used: a live line's read time, a
+                    # rollout record's own time
+                    on=datetime.datetime.fromtimestamp(end_us / 1e6, datetime.timezone.utc).date(),
                 )
             if price is not None:
                 cost_details = price.cost_details
                 metadata.update(pricing_source=price.source, pricing_model=price.model,
                                 pricing_tier=price.tier, pricing_version=price.table_version)
+                if price.effective_from is not None:
+                    metadata["pricing_effective_from"] = price.effective_from.isoformat()
             else:
                 metadata["pricing_source"] = "none: model unknown or not priced; Langfuse may infer"
         if model is None:
@@ -312,6 +324,9 @@ class Folder:
                 opened = state.open_items.pop(cut.group(1))
                 current_format.finish_incomplete(self, cut.group(1), opened, entry.ts, reason=problem)
             return
+        if state.meta.get("format") == Format.ROLLOUT.value:
+            rollout_format.apply(self, line, entry)
+            return
         if state.format is None and line.format in (Format.CURRENT, Format.LEGACY, Format.EXPERIMENTAL):
             state.format = line.format
         if line.format is Format.CURRENT or line.format is Format.EXPERIMENTAL:
@@ -334,10 +349,18 @@ class Folder:
         state = self.state
         if state.closed:
             return
+        if state.superseded_by:
+            # Another run (a live capture of the same turn) counts it: this one sends nothing.
+            state.closed = True
+            state.end = state.end or {"exit_code": None, "signal": None, "reason": reason or "superseded"}
+            return
         self.release_error()
+        if state.format is Format.ROLLOUT:
+            rollout_format.before_close(self, at_us)
         for item_id, open_item in list(state.open_items.items()):
-            legacy = (open_item.format or state.format) is Format.LEGACY
-            (legacy_format if legacy else current_format).finish_incomplete(self, item_id, open_item, at_us)
+            kind = open_item.format or state.format
+            module = {Format.LEGACY: legacy_format, Format.ROLLOUT: rollout_format}.get(kind, current_format)
+            module.finish_incomplete(self, item_id, open_item, at_us)
         state.open_items = {}
         if state.turn_open:
             state.turn_open = False

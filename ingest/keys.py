@@ -44,6 +44,9 @@ class Keys:
     def thread_usage(self, thread: str) -> str:  # STRING cumulative Usage JSON of a Codex thread
         return f"{self.prefix}:thread:{thread}:usage"
 
+    def thread_claims(self, thread: str) -> str:  # HASH run -> "start end" µs: who counts a thread's turns
+        return f"{self.prefix}:thread:{thread}:claims"
+
     def ledger(self, trace: str) -> str:  # SET of what Langfuse accepted for a trace
         return f"{self.prefix}:ledger:{trace}"
 

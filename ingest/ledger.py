@@ -36,3 +36,9 @@ class Ledger:
         target.expire(self.keys.ledger(trace_id), self.ttl)
         if pipe is None:
             target.execute()
+
+    def forget(self, trace_id: str, ids: Iterable[str]) -> None:
+        """Ids Langfuse turned out not to hold (`verify`): the next delivery sends them again."""
+        ids = list(ids)
+        if ids:
+            self.redis.srem(self.keys.ledger(trace_id), *ids)

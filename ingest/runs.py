@@ -190,6 +190,25 @@ class RunStore:
         if state.next_attempt_at:
             pipe.zadd(self.keys.retrying, {run: state.next_attempt_at})
 
+    # ---- looking at a run from outside (verify) ----
+
+    def in_progress(self, run: str) -> bool:
+        """Entries waiting to be folded, spans to be delivered, a worker on it, or still open."""
+        raw = self.redis.get(self.keys.state(run))
+        if raw is not None and not RunState.model_validate_json(raw).closed:
+            return True
+        return bool(self.redis.hlen(self.keys.log(run)) or self.redis.hlen(self.keys.outbox(run))
+                    or self.redis.exists(self.keys.lease(run)))
+
+    def closed(self, run: str) -> bool:
+        raw = self.redis.get(self.keys.state(run))
+        return raw is not None and RunState.model_validate_json(raw).closed
+
+    def forget_run(self, run: str) -> None:
+        """Drop a finished run's books, so that its entries, filed again, are folded again (verify
+        re-sends a turn Langfuse lost; the ledger still skips what Langfuse has)."""
+        self.redis.delete(self.keys.state(run), self.keys.log(run), self.keys.outbox(run), self.keys.delivery(run))
+
     def forget_if_idle(self, run: str) -> None:
         """Leave the backlog once nothing of the run waits to be folded or delivered."""
         with self.redis.pipeline(transaction=True) as pipe:

@@ -26,6 +26,9 @@ class FoldContext:
     # Thread-cumulative usage recorded by earlier runs of a thread (Codex >= 0.98 reports
     # usage cumulated over the whole thread, so a resumed run must subtract it).
     thread_baseline: Callable[[str], Usage | None] = lambda thread_id: None
+    # (thread id, run id, start µs, end µs) -> the run that counts this turn of the thread: the
+    # first to claim it, a live capture or an import of the same turn (`ingest.turn_claims`).
+    claim_turn: Callable[[str, str, int, int], str | None] = lambda thread_id, run_id, start_us, end_us: None
     trace_name: str = "codex exec"
     environment: str | None = None
     max_output_chars: int = 8000
@@ -92,6 +95,8 @@ class RunState(BaseModel):
     end: dict[str, Any] | None = None
     closed: bool = False
     gap_since: float | None = None  # worker clock: when the next entry was first found missing
+    superseded_by: str | None = None  # another run counts this turn (see `FoldContext.claim_turn`)
+    rollout: dict[str, Any] = {}  # what `rollout_format` keeps between records
 
     @property
     def trace_id(self) -> str:
@@ -127,3 +132,5 @@ class Folder(Protocol):
     def unknown(self, entry: Entry, obj: dict[str, Any], name: str) -> None: ...
 
     def remember_thread_total(self, thread: str, usage: Usage) -> None: ...
+
+    def claim_turn(self, start_us: int, end_us: int) -> str | None: ...

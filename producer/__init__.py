@@ -107,6 +107,21 @@ class Run:
             self._producer._failed("emit", exc)
             return 0
 
+    def emit_recorded(self, lines: Iterable[tuple[bytes | str, int]]) -> int:
+        """Lines recorded earlier, each with its own time (microseconds since the epoch): a history
+        replayed (`codex-langfuse import`), where the stream entry's `ts` is when Codex wrote it.
+        One hand-off for all; returns how many were taken (a prefix; the rest hit the cap)."""
+        try:
+            prepared = []
+            stamps = []
+            for line, ts in lines:
+                prepared.append(self._prepare(line, None))
+                stamps.append(int(ts))
+            return self._submit_lines(prepared, stamps)
+        except Exception as exc:
+            self._producer._failed("emit", exc)
+            return 0
+
     def _prepare(self, line: bytes | str, original_length: int | None) -> tuple[bytes, int | None, int | None]:
         """(data, trunc, shrink_to) of one line."""
         if isinstance(line, str):
@@ -157,8 +172,10 @@ class Run:
         except Exception as exc:
             return self._producer._failed("score", exc)
 
-    def finish(self, exit_code: int | None, *, signal: int | None = None, reason: str = END_REASON_EXITED) -> bool:
-        """The `end` entry. Idempotent: once the end is queued, later calls change nothing and say True."""
+    def finish(self, exit_code: int | None, *, signal: int | None = None, reason: str = END_REASON_EXITED,
+               ts: int | None = None) -> bool:
+        """The `end` entry. Idempotent: once the end is queued, later calls change nothing and say True.
+        `ts`: when the run ended, for a replayed history (default: now)."""
         try:
             if self._finished:
                 return True
@@ -168,11 +185,11 @@ class Run:
             if reason not in END_REASONS:
                 raise ValueError(f"reason must be one of {END_REASONS}, not {reason!r}")
             data = encode_json({"exit_code": exit_code, "signal": signal, "reason": reason})
-            return self._submit(KIND_END, data)
+            return self._submit(KIND_END, data, ts)
         except Exception as exc:
             return self._producer._failed("finish", exc)
 
-    def _submit(self, kind: str, data: bytes) -> bool:
+    def _submit(self, kind: str, data: bytes, ts: int | None = None) -> bool:
         if os.getpid() != self._pid:
             # a forked child's copy of the run: its sequence numbers would collide with the parent's
             raise RuntimeError(f"run {self.run_id} belongs to process {self._pid}; start a new run after fork")
@@ -183,14 +200,14 @@ class Run:
             if not self._queue_start(sender):
                 self._producer._stats.add("dropped_queue_full")  # this entry, on top of the start
                 return False
-            queued = self._queue(sender, kind, data, now_us())
+            queued = self._queue(sender, kind, data, now_us() if ts is None else ts)
             if queued and kind == KIND_END:
                 self._finished = True
         if self._finished:
             self._producer._forget(self)
         return queued
 
-    def _submit_lines(self, lines: list[tuple[bytes, int | None, int | None]]) -> int:
+    def _submit_lines(self, lines: list[tuple[bytes, int | None, int | None]], stamps: list[int] | None = None) -> int:
         if os.getpid() != self._pid:
             raise RuntimeError(f"run {self.run_id} belongs to process {self._pid}; start a new run after fork")
         if not lines:
@@ -205,7 +222,8 @@ class Run:
             ts = now_us()
             entries = []
             for offset, (data, trunc, shrink_to) in enumerate(lines):
-                fields = entry_fields(self.run_id, self._next_seq + offset, KIND_LINE, data, ts, trunc)
+                stamp = ts if stamps is None else stamps[offset]
+                fields = entry_fields(self.run_id, self._next_seq + offset, KIND_LINE, data, stamp, trunc)
                 if shrink_to is not None:
                     fields[F_SHRINK_TO] = str(shrink_to)
                 entries.append((fields, fields_size(fields)))
@@ -290,10 +308,12 @@ class Producer:
         prompt: str | None = None,
         cwd: str | None = None,
         codex_version: str | None = None,
+        ts: int | None = None,
         **extra: Any,
     ) -> Run:
         """Start a run and queue its `start` entry (seq 0). Raises ValueError only for a run id that
-        breaks the contract (1-128 characters of [A-Za-z0-9._:-]); a new UUID4 by default."""
+        breaks the contract (1-128 characters of [A-Za-z0-9._:-]); a new UUID4 by default.
+        `ts`: when the run started, for a replayed history (default: now)."""
         if run_id is None:
             import uuid
 
@@ -310,7 +330,7 @@ class Producer:
         data["producer"] = {
             "name": "codex-langfuse", "version": __version__, "host": socket.gethostname(), "pid": os.getpid(),
         }
-        run = Run(self, run_id, encode_json(self._cap_prompt(data)), now_us())
+        run = Run(self, run_id, encode_json(self._cap_prompt(data)), now_us() if ts is None else int(ts))
         with self._runs_lock:
             self._open_runs.add(run)
         with run._lock:

@@ -41,6 +41,11 @@ PRODUCER_COMMANDS = {
     "run": "run Codex (`run [OPTIONS] -- codex exec --json ...`), passing its output through, and capture it",
     "tee": "capture a Codex JSONL stream from stdin (`codex exec --json ... | codex-langfuse tee`)",
 }
+# served by producer.rollout_cli (runner side too: only Redis is needed)
+ROLLOUT_COMMANDS = {
+    "import": "send Codex's session history (rollout files) to Langfuse, one trace per turn",
+    "follow": "follow Codex's sessions directory and send each turn when it completes",
+}
 # served by ingest.cli; listed here so `--help` shows the whole command
 INGEST_COMMANDS = {
     "dispatch": "read the event stream and queue jobs (run one or more)",
@@ -50,6 +55,7 @@ INGEST_COMMANDS = {
     "score": "attach a score to a run's trace (CI result, review)",
     "show": "print a run's trace from the local sink",
     "demo": "end to end on a recorded Codex run, with a Redis of its own",
+    "verify": "compare Codex's session history with what Langfuse holds; re-send what is missing",
 }
 
 STDIN_PROMPT_LIMIT = 64 * 1024
@@ -66,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PRODUCER_COMMANDS:
         return _producer_command(argv)
+    if argv and argv[0] in ROLLOUT_COMMANDS:
+        from codex_langfuse.producer.rollout_cli import main as rollout_main
+
+        return rollout_main(argv)
     if not argv or argv[0] in ("-h", "--help", "--version"):
         parser = build_parser()
         parser.parse_args(argv or ["--help"])  # prints help or version and exits
@@ -95,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             sub.add_argument("command", nargs=argparse.REMAINDER, metavar="-- codex exec ...",
                              help="the Codex command line to run")
-    for name, help_text in INGEST_COMMANDS.items():
+    for name, help_text in {**ROLLOUT_COMMANDS, **INGEST_COMMANDS}.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 

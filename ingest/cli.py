@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--idle-timeout", type=_duration, default=None, metavar="SECONDS",
                         help="a turn silent this long is over (default: CODEX_LANGFUSE_IDLE_TIMEOUT)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--state", default=None, metavar="FILE",
+                        help="the rollout state of `import` (default: CODEX_LANGFUSE_ROLLOUT_STATE or "
+                             "$XDG_STATE_HOME/codex-langfuse/rollouts.sqlite3)")
     return parser
 
 
@@ -210,7 +213,7 @@ def cmd_verify(settings: Any, args: argparse.Namespace) -> int:
     ship = None
     if not args.dry_run:
         producer = Producer(redis_url=settings.redis_url, stream=settings.stream)
-        state = RolloutState(default_state_path())
+        state = RolloutState(args.state or default_state_path())
         ship = TurnShipper(producer, state).ship
     verifier = Verifier(ctx.store, ctx.ledger, ctx.claims, None if args.ledger_only else ctx.transport,
                         ctx.fold_context(), ship)

@@ -691,3 +691,66 @@ def test_prices_agree_with_langfuse_or_the_difference_is_documented(table, shipp
     assert len(compared_standard) >= 20
     assert "gpt-5.3-codex" in compared_standard
     assert "gpt-5-codex" not in names_in_both  # Langfuse v4.16.0 has no gpt-5-codex: anchored patterns
+
+
+# --- prices as of a date --------------------------------------------------------------------------
+
+
+def test_every_price_period_has_dated_sources_and_follows_the_one_before(shipped):
+    dated = {name: entry for name, entry in shipped["models"].items() if entry.get("history")}
+    assert {"gpt-5.6-luna", "gpt-5.6-terra"} <= set(dated)
+    for name, entry in dated.items():
+        starts = [datetime.date.fromisoformat(period["effective_from"]) for period in entry["history"]]
+        assert starts == sorted(starts) and starts[-1] < datetime.date.fromisoformat(entry["effective_from"]), name
+        for period in entry["history"]:
+            covered = {tier for source in period["sources"] for tier in source["covers"]}
+            assert entry_tiers(period) <= covered, (name, period["effective_from"])
+            for source in period["sources"]:
+                datetime.date.fromisoformat(source["checked"])
+                assert re.fullmatch(r"https?://\S+", source["url"])
+
+
+@pytest.mark.parametrize("model,before,after", [
+    ("gpt-5.6-terra", ("2.5", "0.25", "15"), ("2", "0.2", "12")),
+    ("gpt-5.6-luna", ("1", "0.1", "6"), ("0.2", "0.02", "1.2")),
+])
+def test_the_gpt_5_6_cut_of_2026_07_30(table, model, before, after):
+    usage = {"input": 100_000, "input_cached_tokens": 100_000, "output": 100_000}  # under the 272K tier
+
+    def tenth(rate):
+        return float(Decimal(rate) / 10)
+
+    for day, rates in ((datetime.date(2026, 7, 29), before), (datetime.date(2026, 7, 30), after),
+                       (datetime.date(2026, 6, 26), before), (datetime.date(2026, 11, 30), after)):
+        price = table.price(model, usage, on=day)
+        assert price.tier == "standard"
+        assert [price.cost_details[b] for b in ("input", "input_cached_tokens", "output")] == [tenth(r) for r in rates]
+    assert table.price(model, usage).cost_details["input"] == tenth(after[0])  # no date: today's prices
+    launch = table.price(model, usage, on=datetime.date(2026, 7, 1))
+    assert launch.effective_from == datetime.date(2026, 6, 26) and "apimaster.ai" in launch.source
+    assert table.price(model, usage, on=datetime.date(2026, 8, 1)).effective_from == datetime.date(2026, 7, 30)
+
+
+def test_a_period_prices_only_the_tiers_published_for_it(table):
+    usage = {"input": 1000, "output": 1000}
+    early = datetime.date(2026, 7, 1)
+    assert table.price("gpt-5.6-terra", usage, on=early, service_tier="flex") is None
+    assert table.price("gpt-5.6-terra", usage, on=datetime.date(2026, 8, 1), service_tier="flex") is not None
+    long = table.price("gpt-5.6-terra", {"input": 300_000, "output": 1000}, on=early)
+    assert long.tier == "long_context" and long.cost_details["input"] == float(Decimal(300_000) * 5 / 10 ** 6)
+    # models without history price the same on any date
+    assert table.price("gpt-5-codex", usage, on=datetime.date(2020, 1, 1)) == table.price("gpt-5-codex", usage)
+
+
+def test_override_periods_must_be_in_order(tmp_path):
+    entry = {"prices": {"input": "1", "output": "2"}, "effective_from": "2026-01-01",
+             "history": [{"effective_from": "2026-02-01", "prices": {"input": "3", "output": "4"}}]}
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"models": {"my-model": entry}}))
+    with pytest.raises(ValueError, match="effective_from must follow"):
+        PriceTable.load(path)
+    entry["effective_from"] = "2026-03-01"
+    path.write_text(json.dumps({"models": {"my-model": entry}}))
+    table = PriceTable.load(path)
+    assert table.price("my-model", {"input": 10 ** 6}, on=datetime.date(2026, 2, 15)).cost_details["input"] == 3.0
+    assert table.price("my-model", {"input": 10 ** 6}, on=datetime.date(2026, 3, 1)).cost_details["input"] == 1.0

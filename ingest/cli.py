@@ -209,14 +209,14 @@ def cmd_verify(settings: Any, args: argparse.Namespace) -> int:
 
     ctx = WorkerContext.build(settings)
     files = find_rollouts(args.paths or default_roots())
-    producer = state = None
-    ship = None
+    producer = state = shipper = None
     if not args.dry_run:
         producer = Producer(redis_url=settings.redis_url, stream=settings.stream)
         state = RolloutState(args.state or default_state_path())
-        ship = TurnShipper(producer, state).ship
+        shipper = TurnShipper(producer, state)
     verifier = Verifier(ctx.store, ctx.ledger, ctx.claims, None if args.ledger_only else ctx.transport,
-                        ctx.fold_context(), ship)
+                        ctx.fold_context(), shipper.ship if shipper else None,
+                        shipper.settle if shipper else lambda: None)
     try:
         report = verifier.verify(files, args.idle_timeout or settings.idle_timeout)
     finally:

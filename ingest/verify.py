@@ -86,7 +86,8 @@ def expected_span_ids(path: Path, turn: Turn, header_us: int | None, context: Fo
 
 class Verifier:
     def __init__(self, store: RunStore, ledger: Ledger, claims: TurnClaims, transport: Transport | None,
-                 context: FoldContext, ship: Callable[[Path, Turn, int | None], Any] | None):
+                 context: FoldContext, ship: Callable[[Path, Turn, int | None], Any] | None,
+                 settle: Callable[[], Any] = lambda: None):
         """`transport` None: the ledger alone is asked. `ship` None: a dry run (nothing healed)."""
         self.store = store
         self.ledger = ledger
@@ -96,6 +97,7 @@ class Verifier:
         self.context = FoldContext(prices=context.prices, trace_name=context.trace_name,
                                    environment=context.environment, max_output_chars=context.max_output_chars)
         self.ship = ship
+        self.settle = settle
 
     def verify(self, files: list[Path], idle_seconds: float, report: VerifyReport | None = None) -> VerifyReport:
         report = report or VerifyReport()
@@ -116,6 +118,7 @@ class Verifier:
                 if check.error:
                     report.errors.append(f"{check.run_id}: {check.error}")
                 report.checks.append(check)
+            self.settle()
         return report
 
     def check(self, path: Path, turn: Turn, header_us: int | None) -> TurnCheck:

@@ -12,7 +12,6 @@ watcher or the next scan. Redis being down is the sender's business: entries wai
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -121,6 +120,7 @@ class Follower:
                 self.stats.turns_sent += 1
                 if turn.status == "abandoned":
                     self.stats.turns_abandoned += 1
+            self.shipper.settle()  # before the checkpoint passes these turns
         if changed or turns:
             self.state.save_checkpoint(identity, path, info.st_size, followed.splitter.state.to_json())
 
@@ -129,7 +129,3 @@ class Follower:
         if saved is None or saved.size > size:
             return TurnSplitter()
         return TurnSplitter(SplitterState.from_json(saved.state))
-
-
-def default_poll_interval() -> float:
-    return float(os.environ.get("CODEX_LANGFUSE_FOLLOW_POLL_SECONDS") or 2.0)

@@ -31,12 +31,18 @@ class ShipError(RuntimeError):
 
 
 class TurnShipper:
+    """Hands turns to the producer's sender; every `chunk_bytes` it waits until they are in Redis
+    or the spool and only then records them as shipped (`settle`, also called by the caller when
+    it is done with a file)."""
+
     def __init__(self, producer: Producer, state: RolloutState | None, chunk_bytes: int = CHUNK_BYTES,
                  flush_timeout: float = FLUSH_TIMEOUT):
         self.producer = producer
         self.state = state
         self.chunk_bytes = chunk_bytes
         self.flush_timeout = flush_timeout
+        self._unsettled: list[tuple[str, str]] = []  # (run id, file name) handed off, not yet flushed
+        self._unflushed = 0  # bytes handed off since the last flush
 
     def ship(self, path: Path, turn: Turn, header_us: int | None) -> int:
         """Send one turn; returns the number of line entries. Raises ShipError if the sender
@@ -49,22 +55,37 @@ class TurnShipper:
             size += len(line)
             lines += 1
             if size >= self.chunk_bytes:
-                self._hand_off(run, batch)
+                self._hand_off(run, batch, size)
                 batch, size = [], 0
-        self._hand_off(run, batch)
+        self._hand_off(run, batch, size)
         run.finish(None, reason=END_REASON_EOF, ts=turn.ended_us)
-        self._flush()
-        if self.state is not None:
-            self.state.mark_shipped([turn.run_id], path.name)
+        self._unsettled.append((turn.run_id, path.name))
+        if self._unflushed >= self.chunk_bytes:
+            self.settle()
         return lines
 
-    def _hand_off(self, run, batch: list[tuple[bytes, int]]) -> None:
+    def settle(self) -> None:
+        """Wait until every turn handed off is in Redis or the spool, then record them as shipped."""
+        if not self._unsettled and not self._unflushed:
+            return
+        self._flush()
+        if self.state is not None:
+            for file in {file for _, file in self._unsettled}:
+                self.state.mark_shipped([run for run, name in self._unsettled if name == file], file)
+        self._unsettled = []
+
+    def _hand_off(self, run, batch: list[tuple[bytes, int]], size: int) -> None:
+        self._unflushed += size
+        if self._unflushed >= self.chunk_bytes:
+            self._flush()  # what went before first: the queue holds at most about two chunks
         while batch:
             taken = run.emit_recorded(batch)
             batch = batch[taken:]
-            self._flush()
+            if batch:
+                self._flush()
 
     def _flush(self) -> None:
+        self._unflushed = 0
         if not self.producer.flush(self.flush_timeout):
             raise ShipError(f"entries did not reach Redis or the spool within {self.flush_timeout:.0f} s")
 
@@ -147,6 +168,8 @@ def _import_file(path: Path, size: int, shipper: TurnShipper | None, state: Roll
             continue
         report.lines += shipper.ship(path, turn, splitter.state.header_us)
         report.sent += 1
+    if shipper is not None:
+        shipper.settle()  # before the checkpoint passes these turns
     if use_checkpoints and state is not None:
         state.save_checkpoint(identity, path, size, splitter.state.to_json())
 

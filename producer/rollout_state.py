@@ -64,6 +64,8 @@ class RolloutState:
         # autocommit; a busy timeout lets an import and a follow share the file
         self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # No fsync per commit: a mark lost to a power cut only makes a turn ship again (harmless).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:

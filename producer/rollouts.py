@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
@@ -106,16 +106,17 @@ def read_lines(path: Path, start: int = 0, end: int | None = None, final: bool =
             if not chunk:
                 break
             buffer += chunk
+            position = 0  # within the buffer: each line is sliced once, the tail kept once
             while True:
-                newline = buffer.find(b"\n")
+                newline = buffer.find(b"\n", position)
                 if newline < 0:
                     break
-                line, buffer = buffer[:newline], buffer[newline + 1:]
-                following = offset + newline + 1
-                yield offset, following, line.rstrip(b"\r")
-                offset = following
+                following = offset + newline + 1 - position
+                yield offset, following, buffer[position:newline].rstrip(b"\r")
+                offset, position = following, newline + 1
                 if end is not None and offset >= end:
                     return
+            buffer = buffer[position:]
         if buffer and final and (end is None or offset < end):
             yield offset, offset + len(buffer), buffer.rstrip(b"\r")
 
@@ -609,4 +610,4 @@ def _text(value: Any) -> str | None:
 
 __all__ = ["OpenTurn", "Record", "SplitterState", "Thread", "Turn", "TurnSplitter", "classify", "codex_home",
            "default_roots", "find_rollouts", "is_injected", "message_text", "parse_time", "read_lines",
-           "read_records", "run_id_for", "split_file", "start_data", "uuid7_ms", "field"]
+           "read_records", "run_id_for", "split_file", "start_data", "uuid7_ms"]

@@ -106,7 +106,7 @@ def test_a_turn_is_sent_once_complete_and_restarts_lose_nothing(stack, tmp_path,
     session = Session(root)
     session.write_until(b'"item_completed"', partial=30)  # half of the first turn, a line cut mid-way
     stack.wait(lambda: checkpoint_offset(state) > 0, GUARD, "the follower to read the file")
-    first_run = f"codex:01a21390-35f9-7ff3-a7eb-3af17021e5c9:01a21390-360d-7771-827b-3163ebe1ad4e"
+    first_run = "codex:01a21390-35f9-7ff3-a7eb-3af17021e5c9:01a21390-360d-7771-827b-3163ebe1ad4e"
     assert not stack.redis.exists(stack.keys.state(first_run))  # not complete: not sent
     stack.kill("follow-1", signal.SIGKILL)
 

@@ -76,10 +76,13 @@ def begin(folder: Folder, entry: Entry) -> None:
     total = meta.get("prior_token_total")
     if isinstance(total, dict):
         state.legacy_total = total
-    owner = folder.claim_turn(int(meta.get("started_us") or state.turn_started_us),
-                              int(meta.get("ended_us") or entry.ts))
+    owner = folder.claim_turn(_int(meta.get("started_us"), state.turn_started_us), _int(meta.get("ended_us"), entry.ts))
     if owner is not None and owner != state.run_id:
         state.superseded_by = owner
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def apply(folder: Folder, line: Line, entry: Entry) -> None:

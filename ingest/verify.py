@@ -28,7 +28,8 @@ from codex_langfuse.ingest.ledger import Ledger
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.transport import DeliveryError, Transport
 from codex_langfuse.ingest.turn_claims import TurnClaims
-from codex_langfuse.producer.entries import END_REASON_EOF, encode_json, now_us
+from codex_langfuse.producer.config import ProducerSettings
+from codex_langfuse.producer.entries import END_REASON_EOF, SHRINKABLE_FACTOR, encode_json, now_us, shrink_json_line
 from codex_langfuse.producer.rollouts import Turn, read_records, split_file, start_data
 
 STATUSES = ("complete", "missing", "not_sent", "in_progress", "live")
@@ -67,13 +68,24 @@ class VerifyReport:
         return report
 
 
-def turn_entries(path: Path, turn: Turn, header_us: int | None) -> Iterator[Entry]:
-    """The entries `import` ships for a turn, as the worker reads them back (the producer's own
-    `producer` key in the start entry aside, which no id depends on)."""
+def turn_entries(path: Path, turn: Turn, header_us: int | None,
+                 max_line_bytes: int = ProducerSettings.max_line_bytes) -> Iterator[Entry]:
+    """The entries `import` ships for a turn, as the worker reads them back: lines over the size
+    limit made smaller as the producer makes them (the producer's own `producer` key in the start
+    entry aside, which no id depends on)."""
     yield Entry(run=turn.run_id, seq=0, ts=turn.started_us, kind="start", data=encode_json(start_data(turn, path)).decode())
     seq = 1
     for line, ts in read_records(path, turn.start, turn.end, header_us):
-        yield Entry(run=turn.run_id, seq=seq, ts=ts, kind="line", data=line.decode("utf-8", "replace"))
+        trunc = None
+        if len(line) > max_line_bytes:
+            trunc = len(line)
+            shrunk = shrink_json_line(line, max_line_bytes) if len(line) <= max_line_bytes * SHRINKABLE_FACTOR else None
+            line = shrunk or line[:max_line_bytes]
+        try:
+            data, binary = line.decode("utf-8"), False
+        except UnicodeDecodeError:
+            data, binary = line.decode("utf-8", "replace"), True
+        yield Entry(run=turn.run_id, seq=seq, ts=ts, kind="line", data=data, binary=binary, trunc=trunc)
         seq += 1
     end = {"exit_code": None, "signal": None, "reason": END_REASON_EOF}
     yield Entry(run=turn.run_id, seq=seq, ts=turn.ended_us, kind="end", data=encode_json(end).decode())

@@ -207,8 +207,9 @@ def is_prelude(record: Record) -> bool:
     the user's message as a transcript item, settings."""
     if record.sub == "message" and record.payload.get("role") in ("developer", "system", "user"):
         return True
-    return record.kind == "event_msg" and record.sub in PRELUDE_EVENTS or record.kind == "world_state" \
-        or record.kind == "state"
+    if record.kind == "event_msg":
+        return record.sub in PRELUDE_EVENTS
+    return record.kind in ("world_state", "state")
 
 
 def is_shipped(record: Record | None, line: bytes) -> bool:

@@ -2,8 +2,11 @@
 
 `dispatcher` files stream entries under their run (`runs`) and wakes runs (`wake`: one RQ job
 per run touched); `job.process_run` folds a run's new entries (`fold` over `state`, with
-`current_format` and `legacy_format`; pure) into observations, prices them (`pricing`), encodes
+`current_format`, `legacy_format` and, for turns imported from Codex's session files,
+`rollout_format` + `rollout_tools`; pure; `turn_claims` says whether a live capture or an import
+counts a turn) into observations, prices them (`pricing`), encodes
 them as OTLP spans (`otlp`, with `content` redaction) and delivers its outbox (`outbox`) exactly
 once (`delivery`, `ledger`, `transport`), retrying as `retry` decides and keeping what Langfuse
-refuses in `deadletters` for `replay`. `context` builds what a worker needs, once per process.
+refuses in `deadletters` for `replay`; `verify` checks imported turns against the ledger and
+Langfuse. `context` builds what a worker needs, once per process.
 """

@@ -30,7 +30,8 @@ from codex_langfuse.ingest.transport import DeliveryError, Transport
 from codex_langfuse.ingest.turn_claims import TurnClaims
 from codex_langfuse.producer.config import ProducerSettings
 from codex_langfuse.producer.entries import END_REASON_EOF, SHRINKABLE_FACTOR, encode_json, now_us, shrink_json_line
-from codex_langfuse.producer.rollouts import Turn, read_records, split_file, start_data
+from codex_langfuse.producer.rollouts import read_records
+from codex_langfuse.producer.rollout_turns import Turn, split_file, start_data
 
 STATUSES = ("complete", "missing", "not_sent", "in_progress", "live")
 

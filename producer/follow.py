@@ -21,7 +21,8 @@ from typing import Callable, Iterable
 from codex_langfuse.producer.entries import now_us
 from codex_langfuse.producer.importer import TurnShipper
 from codex_langfuse.producer.rollout_state import RolloutState
-from codex_langfuse.producer.rollouts import SplitterState, TurnSplitter, find_rollouts, read_lines
+from codex_langfuse.producer.rollouts import find_rollouts, read_lines
+from codex_langfuse.producer.rollout_turns import SplitterState, TurnSplitter
 from codex_langfuse.producer.watch import Changes, make_watcher
 
 log = logging.getLogger("codex_langfuse.follow")

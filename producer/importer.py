@@ -19,7 +19,8 @@ from typing import Callable
 from codex_langfuse.producer import Producer
 from codex_langfuse.producer.entries import END_REASON_EOF, now_us
 from codex_langfuse.producer.rollout_state import RolloutState, file_identity
-from codex_langfuse.producer.rollouts import SplitterState, Turn, read_records, split_file, start_data
+from codex_langfuse.producer.rollouts import read_records
+from codex_langfuse.producer.rollout_turns import SplitterState, Turn, split_file, start_data
 
 CHUNK_BYTES = 4 << 20  # lines handed to the sender at once, then flushed
 FLUSH_TIMEOUT = 120.0  # longest wait for one chunk to reach Redis or the spool

@@ -15,7 +15,8 @@ from codex_langfuse.ingest.verify import expected_span_ids, turn_entries
 from codex_langfuse.producer import Producer
 from codex_langfuse.producer.importer import TurnShipper, import_files
 from codex_langfuse.producer.rollout_state import RolloutState
-from codex_langfuse.producer.rollouts import classify, split_file
+from codex_langfuse.producer.rollouts import classify
+from codex_langfuse.producer.rollout_turns import split_file
 
 SOURCE = Path(__file__).parent / "fixtures" / "codex" / "rollout_0.169.0_resumed_two_turns.jsonl"
 NOW, IDLE = 2 * 10 ** 15, 10 ** 16

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from codex_langfuse.producer.entries import trace_id
-from codex_langfuse.producer.rollouts import find_rollouts, split_file
+from codex_langfuse.producer.rollouts import find_rollouts
+from codex_langfuse.producer.rollout_turns import split_file
 from tests.test_codex_e2e import codex_current, play  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.codex, pytest.mark.integration]

@@ -14,7 +14,8 @@ import pytest
 from codex_langfuse.ingest.fold import FoldContext
 from codex_langfuse.ingest.pricing import PriceTable
 from codex_langfuse.ingest.verify import expected_span_ids
-from codex_langfuse.producer.rollouts import find_rollouts, split_file
+from codex_langfuse.producer.rollouts import find_rollouts
+from codex_langfuse.producer.rollout_turns import split_file
 
 pytestmark = pytest.mark.integration
 

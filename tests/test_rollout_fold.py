@@ -19,7 +19,8 @@ import pytest
 from codex_langfuse.ingest.fold import FoldContext, fold, new_state
 from codex_langfuse.ingest.pricing import PriceTable
 from codex_langfuse.ingest.verify import turn_entries
-from codex_langfuse.producer.rollouts import classify, find_rollouts, read_lines, split_file
+from codex_langfuse.producer.rollouts import classify, find_rollouts, read_lines
+from codex_langfuse.producer.rollout_turns import split_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROLLOUTS = FIXTURES / "rollouts"

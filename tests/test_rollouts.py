@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 
 from codex_langfuse.producer.entries import RUN_ID_PATTERN, trace_id
-from codex_langfuse.producer.rollouts import (
-    SplitterState, TurnSplitter, classify, find_rollouts, read_lines, read_records, run_id_for, split_file,
-    start_data, uuid7_ms,
-)
+from codex_langfuse.producer.rollouts import classify, find_rollouts, read_lines, read_records, run_id_for, uuid7_ms
+from codex_langfuse.producer.rollout_turns import SplitterState, TurnSplitter, split_file, start_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROLLOUTS = FIXTURES / "rollouts"

@@ -4,8 +4,9 @@ A turn becomes one run (`rollouts.run_id_for`: thread id and turn id), sent exac
 capture is: a `start` entry (the thread's header and the turn's place, `format: rollout`), the
 turn's records as `line` entries stamped with the time Codex wrote each one, and an `end` entry,
 through the producer's sender (Redis, or the spool while Redis is down). Lines are read back
-from the file in chunks and each chunk is flushed before the next, so memory stays flat however
-large the turn or the file. A turn is recorded as shipped once it is in Redis or the spool.
+from the file and handed off in chunks; every chunk's worth of bytes the sender is flushed before
+more is handed off, so at most about two chunks wait in memory however large the turn or the file.
+A turn is recorded as shipped once it is in Redis or the spool (`TurnShipper.settle`).
 """
 
 from __future__ import annotations

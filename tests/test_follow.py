@@ -195,3 +195,24 @@ def test_while_redis_is_down_turns_wait_in_the_spool(stack, tmp_path):
     for run, ids in expected.items():
         assert sorted(spans(stack, run)) == sorted(ids)
     assert stack.receiver.duplicates() == {}
+
+
+def test_once_makes_one_pass_and_exits(stack, tmp_path):
+    """`follow --once` (for a cron job): the complete turns sent, the open one left for next time."""
+    stack.start("dispatch")
+    stack.start("worker")
+    root, state = tmp_path / "sessions", tmp_path / "state.sqlite3"
+    root.mkdir()
+    session = Session(root)
+    session.write_until(b'"task_complete"')  # the first turn complete...
+    session.write_until(b'"task_started"', partial=10)  # ...the second begun
+    done = stack.cli("follow", str(root), "--once", "--state", str(state), "--idle-timeout", "600", timeout=GUARD)
+    assert done.returncode == 0, done.stderr.decode()
+    first = "codex:01a21390-35f9-7ff3-a7eb-3af17021e5c9:01a21390-360d-7771-827b-3163ebe1ad4e"
+    stack.wait(lambda: stack.settled([first]), GUARD, "the complete turn")
+    second = "codex:01a21390-35f9-7ff3-a7eb-3af17021e5c9:01a213a0-5d5b-7373-b483-bc20efe5632f"
+    assert not stack.redis.exists(stack.keys.state(second))
+    session.write_until(None)
+    assert stack.cli("follow", str(root), "--once", "--state", str(state), timeout=GUARD).returncode == 0
+    stack.wait(lambda: stack.settled([first, second]), GUARD, "the second turn on the next pass")
+    assert stack.receiver.duplicates() == {}

@@ -26,7 +26,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
-from codex_langfuse.producer.config import ProducerSettings
+from codex_langfuse.producer.config import ProducerSettings, logger
 from codex_langfuse.producer.entries import (
     DEFAULT_STREAM,
     END_REASON_CLOSED,
@@ -48,7 +48,9 @@ from codex_langfuse.producer.entries import (
     entry_fields,
     fields_size,
     is_valid_run_id,
+    normalize_environment,
     now_us,
+    parse_traceparent,
     strip_line_ending,
     trace_id,
 )
@@ -290,20 +292,38 @@ class Producer:
         prompt: str | None = None,
         cwd: str | None = None,
         codex_version: str | None = None,
+        model_parameters: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        set_trace_attributes: bool = False,
         **extra: Any,
     ) -> Run:
         """Start a run and queue its `start` entry (seq 0). Raises ValueError only for a run id that
-        breaks the contract (1-128 characters of [A-Za-z0-9._:-]); a new UUID4 by default."""
+        breaks the contract (1-128 characters of [A-Za-z0-9._:-]; a new UUID4 by default) and for an
+        environment Langfuse would not keep (it would store `default`); one it would change
+        (`Staging` -> `staging`) is sent as Langfuse stores it, with a warning.
+
+        `parent`: a W3C `traceparent` (e.g. the caller's `TRACEPARENT`): the run joins that trace, its
+        root a child of that span, and leaves the trace's name, metadata, input and output to the
+        caller unless `set_trace_attributes`. An invalid one is ignored with a warning."""
         if run_id is None:
             import uuid
 
             run_id = str(uuid.uuid4())
         if not is_valid_run_id(run_id):
             raise ValueError(f"run id must be 1-128 characters of [A-Za-z0-9._:-], not {run_id!r}")
+        if environment is not None:
+            environment = checked_environment(environment)
+        if parent is not None and parse_traceparent(parent) is None:
+            logger.warning("codex-langfuse: ignoring parent %r: not a W3C traceparent "
+                           "(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>); the run gets a trace of its own",
+                           parent)
+            parent = None
         data: dict[str, Any] = {
             "name": name, "model": model, "user_id": user_id, "session_id": session_id,
             "tags": [str(tag) for tag in tags] or None, "metadata": dict(metadata) if metadata else None,
             "environment": environment, "prompt": prompt, "cwd": cwd, "codex_version": codex_version,
+            "model_parameters": dict(model_parameters) if model_parameters else None,
+            "parent": parent.strip() if parent else None, "set_trace_attributes": set_trace_attributes or None,
         }
         data.update(extra)
         data = {key: value for key, value in data.items() if value is not None}
@@ -377,6 +397,15 @@ class Producer:
         self._stats.add("errors")
         self._stats.note(logging.WARNING, "codex-langfuse producer: %s failed: %s: %s", what, type(exc).__name__, exc)
         return False
+
+
+def checked_environment(environment: str) -> str:
+    """The environment as Langfuse will store it, with a warning when that is not what was given.
+    ValueError when Langfuse would not keep it at all."""
+    normalized = normalize_environment(environment)
+    if normalized != environment:
+        logger.warning("codex-langfuse: environment %r is sent as %r, as Langfuse stores it", environment, normalized)
+    return normalized
 
 
 _producers: "weakref.WeakSet[Producer]" = weakref.WeakSet()

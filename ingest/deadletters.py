@@ -29,7 +29,6 @@ class DeadLetter(BaseModel):
     attempts: int = 1
     first_failure: float
     last_failure: float
-    in_flight: bool = False  # a replay was sending it when it stopped: check before re-sending
 
     @classmethod
     def new(cls, run_id: str, trace_id: str, kind: str, items: list[dict[str, Any]], reason: str, message: str,

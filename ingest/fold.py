@@ -19,9 +19,10 @@ from typing import Any, Iterable
 from codex_langfuse.ingest import current_format, legacy_format
 from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import Format, Usage, first_line, parse_line
-from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id
+from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, root_id, score_id
 from codex_langfuse.ingest.pricing import usage_buckets
 from codex_langfuse.ingest.state import Counters, FoldContext, HeldError, OpenItem, RunState
+from codex_langfuse.producer.entries import normalize_environment, parse_traceparent
 
 __all__ = ["Counters", "FoldContext", "FoldResult", "Folder", "OpenItem", "RunState", "close", "fold", "new_state",
            "skip_gap"]
@@ -53,6 +54,9 @@ class Folder:
         self.state = state
         self.ctx = context
         self.result = FoldResult(state=state)
+        if state.environment is None:
+            # the worker's default, fixed when the run is first folded: the run keeps it
+            state.environment = context.environment
 
     # ---- identity and trace attributes ----
 
@@ -61,7 +65,7 @@ class Folder:
 
     @property
     def root_id(self) -> str:
-        return self.oid("root")
+        return root_id(self.state.run_id)
 
     @property
     def prompt(self) -> Any:
@@ -75,7 +79,29 @@ class Folder:
     def model(self) -> str | None:
         return self.state.meta.get("model") or self.state.stream_model
 
-    def trace(self, final: bool = False) -> TraceAttributes:
+    @property
+    def model_parameters(self) -> dict[str, Any]:
+        """Reasoning effort and summary, service tier, sandbox and approval policy: what the
+        producer read from Codex's arguments and config, then what the stream itself says."""
+        given = self.state.meta.get("model_parameters")
+        return {**(given if isinstance(given, dict) else {}), **self.state.stream_parameters}
+
+    @property
+    def joined(self) -> bool:
+        """The run joined a caller's trace (a `parent` in its start entry)."""
+        return self.state.parent is not None
+
+    @property
+    def sets_trace(self) -> bool:
+        """Whether the run sets its trace's name, metadata, input and output: always in a trace of
+        its own; in a caller's trace only when asked (they are the caller's)."""
+        return not self.joined or bool(self.state.meta.get("set_trace_attributes"))
+
+    @property
+    def run_name(self) -> str:
+        return str(self.state.meta.get("name") or self.ctx.trace_name)
+
+    def run_metadata(self, final: bool = False) -> dict[str, Any]:
         meta = self.state.meta
         metadata: dict[str, Any] = {"run_id": self.state.run_id}
         for key in ("codex_version", "cwd", "repository", "branch", "commit", "producer"):
@@ -91,15 +117,24 @@ class Folder:
             metadata["exit_code"] = self.state.end.get("exit_code")
             if self.state.end.get("signal") is not None:
                 metadata["signal"] = self.state.end.get("signal")
+        return metadata
+
+    def trace(self, root: bool = False) -> TraceAttributes:
+        """The trace attributes of a span; `root`: of the run's root, which alone carries the
+        trace's metadata (and, when a joined run sets them, its input and output)."""
+        meta = self.state.meta
         tags = meta.get("tags") or ()
+        own = self.sets_trace
         return TraceAttributes(
-            name=str(meta.get("name") or self.ctx.trace_name),
+            name=self.run_name if own else None,
             user_id=meta.get("user_id"),
             session_id=meta.get("session_id") or self.state.thread_id,
             tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (),
-            environment=meta.get("environment") or self.ctx.environment,
+            environment=self.state.environment,
             release=meta.get("codex_version"),
-            metadata=metadata,
+            metadata=self.run_metadata(final=True) if root and own else {},
+            input=self.prompt if root and own and self.joined else None,
+            output=self.state.final_message if root and own and self.joined else None,
         )
 
     # ---- emitting ----
@@ -128,16 +163,18 @@ class Folder:
 
     def score(self, name: str, value: float | str, data_type: str, at_us: int, comment: str | None = None,
               metadata: dict[str, Any] | None = None) -> None:
+        on_root = self.root_id if self.joined else None
         self.result.scores.append(
             Score(
-                id=score_id(self.state.trace_id, name),
+                id=score_id(self.state.trace_id, name, on_root),
                 trace_id=self.state.trace_id,
+                observation_id=on_root,
                 name=name,
                 value=value,
                 data_type=data_type,
                 timestamp_us=at_us,
                 comment=comment,
-                environment=self.trace().environment,
+                environment=self.state.environment,
                 metadata=metadata or {},
             )
         )
@@ -201,7 +238,8 @@ class Folder:
             price = None
             if self.ctx.prices is not None and model:
                 price = self.ctx.prices.price(
-                    model, usage_details, service_tier=self.state.meta.get("service_tier"),
+                    model, usage_details,
+                    service_tier=self.state.meta.get("service_tier") or self.model_parameters.get("service_tier"),
                     # Unknown request sizes: price at the standard tier rather than take a turn's
                     # sum of many requests for one long-context request.
                     request_input_tokens=request_input_tokens if request_input_tokens is not None else 0,
@@ -215,7 +253,8 @@ class Folder:
         if model is None:
             metadata["model_note"] = "Codex does not print the model; pass --model to price this run"
         self.emit(key, "generation", name, start_us, end_us, model=model, usage_details=usage_details,
-                  cost_details=cost_details, metadata=metadata, **fields)
+                  cost_details=cost_details, metadata=metadata, model_parameters=self.model_parameters or None,
+                  **fields)
 
     # ---- entries ----
 
@@ -234,7 +273,11 @@ class Folder:
             state.started_us = entry.ts
         state.last_us = max(state.last_us or entry.ts, entry.ts)
         if entry.kind in ("start", "meta"):
-            self.apply_meta(entry.payload())
+            payload = entry.payload()
+            if entry.kind == "start" and parse_traceparent(payload.get("parent")):
+                # only the start entry places the run: its spans must not change trace midway
+                state.parent = payload["parent"].strip()
+            self.apply_meta(payload)
         elif entry.kind == "line":
             self.apply_line(entry)
         elif entry.kind == "score":
@@ -256,7 +299,16 @@ class Folder:
         for key, value in payload.items():
             if value is None:
                 continue
-            if key == "metadata" and isinstance(value, dict):
+            if key == "parent":
+                continue
+            if key == "environment":
+                # Langfuse's rule, for producers that did not apply it (another language's); one it
+                # would turn into `default` leaves the run in the worker's environment
+                try:
+                    self.state.environment = meta["environment"] = normalize_environment(value)
+                except ValueError:
+                    pass
+            elif key == "metadata" and isinstance(value, dict):
                 meta["metadata"] = {**(meta.get("metadata") or {}), **value}
             elif key == "tags" and isinstance(value, list):
                 meta["tags"] = list(dict.fromkeys([*(meta.get("tags") or []), *map(str, value)]))
@@ -350,8 +402,9 @@ class Folder:
         if state.end is None:
             state.end = {"exit_code": None, "signal": None, "reason": reason or "idle"}
         level, status = self.root_level()
-        trace = self.trace(final=True)
-        metadata: dict[str, Any] = {
+        trace = self.trace(root=True)
+        metadata: dict[str, Any] = {} if self.sets_trace else self.run_metadata(final=True)
+        metadata |= {
             "format": state.format.value if state.format else None,
             "outcome": state.outcome,
             "end_reason": state.end.get("reason"),
@@ -363,7 +416,8 @@ class Folder:
         if state.files:
             metadata["files_changed"] = state.files
         state.closed = True
-        self.emit("root", "agent", trace.name, state.started_us or at_us, at_us, parent_id=None, trace=trace,
+        self.emit("root", "agent", self.run_name, state.started_us or at_us, at_us, parent_id=state.parent_span_id,
+                  trace=trace,
                   input=self.prompt, output=state.final_message, level=level, status_message=status,
                   metadata=metadata)
         self.derived_scores(at_us)

@@ -47,6 +47,9 @@ class Keys:
     def ledger(self, trace: str) -> str:  # SET of what Langfuse accepted for a trace
         return f"{self.prefix}:ledger:{trace}"
 
+    def doubts(self, trace: str) -> str:  # HASH span id -> when a send whose outcome is unknown began
+        return f"{self.prefix}:ledger:{trace}:doubts"
+
     @property
     def dead_letters(self) -> str:  # HASH id -> DeadLetter JSON
         return f"{self.prefix}:deadletters"

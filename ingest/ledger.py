@@ -3,6 +3,11 @@
 Langfuse v4 keeps every copy it receives, so at-least-once inside the pipeline becomes
 exactly-once only here: an item's `items.ledger_key` is added once Langfuse answered success, and
 nothing in the ledger is sent again.
+
+Beside it, the doubts: a span is marked before its request goes out and unmarked once the answer
+says whether Langfuse stored it. A mark that outlives its request (a timeout, a reset, a gateway
+error, a worker killed mid-request) says when the send began: `delivery` asks Langfuse about that
+span before sending it again, and sends it again unasked only once that is long enough ago.
 """
 
 from __future__ import annotations
@@ -28,11 +33,38 @@ class Ledger:
         return {i for i, flag in zip(ids, flags) if flag}
 
     def record(self, trace_id: str, ids: Iterable[str], pipe: Any = None) -> None:
+        """Langfuse accepted these: never send them again (and they are no longer in doubt)."""
         ids = list(ids)
         if not ids:
             return
         target = pipe if pipe is not None else self.redis.pipeline(transaction=True)
         target.sadd(self.keys.ledger(trace_id), *ids)
         target.expire(self.keys.ledger(trace_id), self.ttl)
+        target.hdel(self.keys.doubts(trace_id), *ids)
         if pipe is None:
             target.execute()
+
+    def doubt(self, trace_id: str, ids: Iterable[str], at: float) -> None:
+        """A request carrying these is about to go out: until its answer says otherwise, Langfuse
+        may have stored them."""
+        ids = list(ids)
+        if not ids:
+            return
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.doubts(trace_id), mapping={i: repr(at) for i in ids})
+            pipe.expire(self.keys.doubts(trace_id), self.ttl)
+            pipe.execute()
+
+    def settle(self, trace_id: str, ids: Iterable[str]) -> None:
+        """The answer says Langfuse did not store these (refused, or never reached it)."""
+        ids = list(ids)
+        if ids:
+            self.redis.hdel(self.keys.doubts(trace_id), *ids)
+
+    def doubtful(self, trace_id: str, ids: Iterable[str]) -> dict[str, float]:
+        """Of `ids`, those whose last send may have been stored unseen: id -> when that send began."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        values = self.redis.hmget(self.keys.doubts(trace_id), ids)
+        return {i: float(v) for i, v in zip(ids, values) if v is not None}

@@ -36,9 +36,7 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
     spans, scores = store.outbox(run_id)
     if not spans and not scores:
         return
-    store.mark_in_flight(run_id)
-    in_doubt = previous.in_doubt or previous.in_flight
-    span_report = ctx.delivery.send_spans(trace_id, spans, in_doubt=in_doubt, keep_alive=keep_alive)
+    span_report = ctx.delivery.send_spans(trace_id, spans, keep_alive=keep_alive)
     if span_report.transient is None:
         score_report = ctx.delivery.send_scores(trace_id, scores, keep_alive=keep_alive)
     else:
@@ -78,7 +76,7 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
             retry_in = ctx.retry.delay(attempts, transient.retry_after)
             store.record_failure(pipe, run_id, DeliveryState(
                 attempts=attempts, first_failure=first_failure, last_failure=now, next_attempt_at=now + retry_in,
-                last_error=transient.message, in_doubt=transient.in_doubt or in_doubt,
+                last_error=transient.message,
             ))
         pipe.execute()
     summary.update(delivered=len(span_report.accepted), skipped=len(span_report.skipped),

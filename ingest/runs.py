@@ -28,8 +28,6 @@ class DeliveryState:
     last_failure: float | None = None
     next_attempt_at: float | None = None
     last_error: str | None = None
-    in_doubt: bool = False  # the last attempt may have reached Langfuse: ask before re-sending
-    in_flight: bool = False  # an attempt started and never recorded its end (the worker died)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> "DeliveryState":
@@ -43,8 +41,6 @@ class DeliveryState:
             last_failure=num("last_failure"),
             next_attempt_at=num("next_attempt_at"),
             last_error=raw[b"last_error"].decode() if raw.get(b"last_error") else None,
-            in_doubt=raw.get(b"in_doubt") == b"1",
-            in_flight=raw.get(b"in_flight") == b"1",
         )
 
 
@@ -163,9 +159,6 @@ class RunStore:
     def delivery_state(self, run: str) -> DeliveryState:
         return DeliveryState.from_hash(self.redis.hgetall(self.keys.delivery(run)))
 
-    def mark_in_flight(self, run: str) -> None:
-        self.redis.hset(self.keys.delivery(run), "in_flight", "1")
-
     def settle(self, pipe: Any, run: str, slots: Iterable[str]) -> None:
         """Items that need no more sending (accepted, or dead-lettered) leave the outbox."""
         slots = list(slots)
@@ -183,8 +176,6 @@ class RunStore:
             "last_failure": state.last_failure or "",
             "next_attempt_at": state.next_attempt_at or "",
             "last_error": (state.last_error or "")[:2000],
-            "in_doubt": "1" if state.in_doubt else "0",
-            "in_flight": "0",
         }
         pipe.hset(self.keys.delivery(run), mapping=mapping)
         if state.next_attempt_at:

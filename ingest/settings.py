@@ -7,15 +7,18 @@ Langfuse's own variable names are honoured (`LANGFUSE_PUBLIC_KEY`, `LANGFUSE_SEC
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from codex_langfuse.producer.entries import DEFAULT_STREAM
+from codex_langfuse.producer.entries import DEFAULT_STREAM, normalize_environment
+
+log = logging.getLogger("codex_langfuse")
 
 
 def _state_dir() -> Path:
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
     batch_max_spans: int = 200
     batch_max_bytes: int = 3_000_000
     ledger_ttl: int = 30 * 86400
+    # A span whose send ended in doubt and that Langfuse's observations listing has not confirmed
+    # (a lagging v1 listing, or none that answers) is sent again after this long.
+    in_doubt_wait: float = 600.0
 
     # Folding
     lease_seconds: int = 60
@@ -83,6 +89,17 @@ class Settings(BaseSettings):
     # simple: jobs run in the worker process, which keeps its Redis and HTTP connections (a fork per
     # job costs ~40 ms and a new TLS handshake with Langfuse); forking isolates each job
     worker_class: Literal["forking", "simple"] = "simple"
+
+    @field_validator("environment")
+    @classmethod
+    def _environment_as_langfuse_stores_it(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        normalized = normalize_environment(value)  # ValueError: Langfuse would store 'default'
+        if normalized != value:
+            log.warning("codex-langfuse: CODEX_LANGFUSE_ENVIRONMENT %r is used as %r, as Langfuse stores it",
+                        value, normalized)
+        return normalized
 
     @model_validator(mode="after")
     def _lease_outlives_a_request(self) -> "Settings":

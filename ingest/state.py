@@ -16,6 +16,7 @@ from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import Format, Usage
 from codex_langfuse.ingest.observations import trace_id
 from codex_langfuse.ingest.pricing import PriceTable
+from codex_langfuse.producer.entries import parse_traceparent
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,24 @@ class RunState(BaseModel):
     end: dict[str, Any] | None = None
     closed: bool = False
     gap_since: float | None = None  # worker clock: when the next entry was first found missing
+    # The caller's W3C traceparent, from the start entry only: the run joins that trace, its root a
+    # child of that span. None: the run has a trace of its own.
+    parent: str | None = None
+    # The run's environment as sent (normalised): the producer's, else the worker's when the run was
+    # first folded. A score attached later lands in it too.
+    environment: str | None = None
+    stream_parameters: dict[str, str] = {}  # model parameters the stream itself names (legacy header)
 
     @property
     def trace_id(self) -> str:
-        return trace_id(self.run_id)
+        joined = parse_traceparent(self.parent)
+        return joined[0] if joined else trace_id(self.run_id)
+
+    @property
+    def parent_span_id(self) -> str | None:
+        """The caller's span the run's root hangs under, when it joined a trace."""
+        joined = parse_traceparent(self.parent)
+        return joined[1] if joined else None
 
 
 class Folder(Protocol):

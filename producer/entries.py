@@ -65,7 +65,8 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 # Langfuse's environment rule (server: `PublicEnvironmentName` in ingestion/types.ts).
 _ENVIRONMENT_PREFIX = re.compile(r"^(?:langfuse[-_]?)+")
 _ENVIRONMENT = re.compile(r"[a-z0-9_-]+")
-ENVIRONMENT_RULE = ("lowercase letters, digits, '_' and '-', at most 40, not starting with 'langfuse'")
+ENVIRONMENT_RULE = ("only a-z, 0-9, '_' and '-' once it is lowercased, a leading 'langfuse' removed and "
+                    "cut to 40 characters")
 
 
 def parse_traceparent(value: object) -> tuple[str, str] | None:
@@ -88,7 +89,7 @@ def normalize_environment(value: str) -> str:
     [a-z0-9_-]: Langfuse would silently store `default` instead."""
     normalized = _ENVIRONMENT_PREFIX.sub("", str(value).lower())[:40]
     if not _ENVIRONMENT.fullmatch(normalized):
-        raise ValueError(f"environment {value!r} cannot be used: Langfuse takes {ENVIRONMENT_RULE}, "
+        raise ValueError(f"environment {value!r} cannot be used: Langfuse keeps {ENVIRONMENT_RULE}, "
                          "and would store it as 'default'")
     return normalized
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from codex_langfuse.ingest.observations import score_id, trace_id
-from tests.conftest import CODEX_FIXTURES
+from tests.conftest import CODEX_FIXTURES, every_profile
 from tests.support.stack import REPO
 from tests.test_pipeline import TS0, fixture_lines, meta_for
 
@@ -55,11 +55,13 @@ def test_demo_with_langfuse_keys_sends_to_langfuse_and_says_when_it_refuses(tmp_
         assert not (tmp_path / "state" / "codex-langfuse" / "sink").exists()  # keys set: no sink
 
 
+@every_profile
 def test_score_attaches_to_a_finished_run_once_per_value_and_overwrites_on_change(stack):
+    stack.env["CODEX_LANGFUSE_ENVIRONMENT"] = "worker-env"  # the worker's, and the `score` command's
     stack.start("dispatch")
     stack.start("worker")
     path = CODEX_FIXTURES / "real_run_0.169.0_full.jsonl"
-    stack.feed("scored", fixture_lines(path), meta=meta_for(path), ts0=TS0)
+    stack.feed("scored", fixture_lines(path), meta=meta_for(path) | {"environment": "Nightly"}, ts0=TS0)
     stack.wait(lambda: stack.settled(["scored"]), what="the run")
     trace = trace_id("scored")
 
@@ -72,8 +74,12 @@ def test_score_attaches_to_a_finished_run_once_per_value_and_overwrites_on_chang
     [written] = writes("ci_passed")
     assert (written.id, written.value, written.data_type, written.comment) == \
            (score_id(trace, "ci_passed"), 1.0, "BOOLEAN", "CI green")
-    # its timestamp is the run's start, so a later overwrite lands on the same calendar day
-    assert written.timestamp.startswith("2026-09-21")
+    assert written.environment == "nightly"  # the run's environment, as the producer sent it, normalised
+    # sent with the run's start as its timestamp: newer servers keep it (an overwrite on another day
+    # lands on the same row); up to v4.16 the server keeps the time it received the score instead
+    assert written.body["timestamp"].startswith("2026-09-21")
+    kept = stack.receiver.profile.score_timestamp_kept
+    assert written.timestamp.startswith("2026-09-21") == kept
 
     assert stack.cli("score", "scored", "ci_passed", "true", "--comment", "CI green").returncode == 0
     assert stack.cli("score", "scored", "review", "needs-work").returncode == 0

@@ -1,6 +1,7 @@
 """A whole pipeline on 127.0.0.1 for integration tests: a real redis-server, a strict Langfuse
-receiver, dispatchers and workers as separate processes (`codex-langfuse dispatch|worker`),
-started and stopped by pid. Timings are compressed through settings, never asserted."""
+receiver of a chosen server profile (`latest`, `v4.16`, `v3`), dispatchers and workers as separate
+processes (`codex-langfuse dispatch|worker`), started and stopped by pid. Timings are compressed
+through settings, never asserted."""
 
 from __future__ import annotations
 
@@ -34,15 +35,18 @@ FAST = {
     "CODEX_LANGFUSE_WORKER_TTL": "15",
     "CODEX_LANGFUSE_JOB_MONITORING_INTERVAL": "5",
     "CODEX_LANGFUSE_MAINTENANCE_INTERVAL": "5",
+    "CODEX_LANGFUSE_IN_DOUBT_WAIT": "6",
 }
 
 
 class Stack:
-    def __init__(self, tmp: Path, receiver: LangfuseReceiver | None = None, **overrides: Any):
+    def __init__(self, tmp: Path, receiver: LangfuseReceiver | None = None, profile: str = "latest",
+                 **overrides: Any):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.redis_server = RedisServer().start()
-        self.receiver = receiver or LangfuseReceiver().start()
+        self.receiver = receiver or LangfuseReceiver(profile=profile).start()
+        self.profile = self.receiver.profile.name
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_LANGFUSE_", "LANGFUSE_"))},
             **FAST,

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from codex_langfuse.producer.entries import DEFAULT_STREAM, normalize_environment
 
 log = logging.getLogger("codex_langfuse")
+_WARNED: set[str] = set()
 
 
 def _state_dir() -> Path:
@@ -96,7 +97,8 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         normalized = normalize_environment(value)  # ValueError: Langfuse would store 'default'
-        if normalized != value:
+        if normalized != value and value not in _WARNED:
+            _WARNED.add(value)  # once per process: settings are read again and again
             log.warning("codex-langfuse: CODEX_LANGFUSE_ENVIRONMENT %r is used as %r, as Langfuse stores it",
                         value, normalized)
         return normalized

@@ -143,6 +143,11 @@ def classify_exception(exc: Exception) -> DeliveryError:
 def _body_text(body: Any) -> str:
     if isinstance(body, dict):
         text = body.get("message") or body.get("error") or json.dumps(body)
+        issues = body.get("error")
+        if body.get("message") and isinstance(issues, list):  # a validation error: say what failed
+            details = [f"{'.'.join(map(str, issue.get('path') or [])) or 'body'}: {issue.get('message')}"
+                       for issue in issues if isinstance(issue, dict)]
+            text = f"{body['message']}: {'; '.join(dict.fromkeys(details))}"
     else:
         text = str(body)
     return str(text)[:2000]

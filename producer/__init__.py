@@ -76,9 +76,11 @@ class Run:
     if the `start` entry itself could not be queued it is retried before the next entry.
     """
 
-    def __init__(self, producer: "Producer", run_id: str, start_data: bytes, start_ts: int):
+    def __init__(self, producer: "Producer", run_id: str, start_data: bytes, start_ts: int,
+                 parent: str | None = None):
         self.run_id = run_id
-        self.trace_id = trace_id(run_id)
+        joined = parse_traceparent(parent)
+        self.trace_id = joined[0] if joined else trace_id(run_id)  # the caller's when the run joined it
         self._producer = producer
         self._lock = threading.Lock()
         self._next_seq = 0
@@ -330,7 +332,7 @@ class Producer:
         data["producer"] = {
             "name": "codex-langfuse", "version": __version__, "host": socket.gethostname(), "pid": os.getpid(),
         }
-        run = Run(self, run_id, encode_json(self._cap_prompt(data)), now_us())
+        run = Run(self, run_id, encode_json(self._cap_prompt(data)), now_us(), parent=parent)
         with self._runs_lock:
             self._open_runs.add(run)
         with run._lock:

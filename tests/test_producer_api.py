@@ -405,6 +405,7 @@ def test_a_parent_and_model_parameters_go_into_the_start_entry(make_producer, fa
     (start,) = [e for e in stream_entries(fake_server) if e["kind"] == "start"]
     assert start["data"]["parent"] == TRACEPARENT
     assert start["data"]["set_trace_attributes"] is True
+    assert producer.start_run(run_id="joined-2", parent=TRACEPARENT).trace_id == "0af7651916cd43dd8448eb211c80319c"
     assert start["data"]["model_parameters"] == {"reasoning_effort": "high"}
 
 

@@ -116,8 +116,7 @@ class Delivery:
         """`keep_alive` runs before each request: a worker renews its lease on the run there (and
         stops, raising, if it lost it — another worker then delivers)."""
         report = SendReport()
-        done = self.ledger.accepted(trace_id, (ledger_key(s) for s in spans))
-        doubtful = self.ledger.doubtful(trace_id, [ledger_key(s) for s in spans if ledger_key(s) not in done])
+        done, doubtful = self.ledger.lookup(trace_id, [ledger_key(s) for s in spans])
         held: dict[str, float] = {}
         why = ""
         if doubtful:

@@ -101,7 +101,8 @@ class Folder:
     def run_name(self) -> str:
         return str(self.state.meta.get("name") or self.ctx.trace_name)
 
-    def run_metadata(self, final: bool = False) -> dict[str, Any]:
+    def run_metadata(self) -> dict[str, Any]:
+        """The trace's metadata (the run's root's own, in a caller's trace)."""
         meta = self.state.meta
         metadata: dict[str, Any] = {"run_id": self.state.run_id}
         for key in ("codex_version", "cwd", "repository", "branch", "commit", "producer"):
@@ -113,7 +114,7 @@ class Folder:
             metadata["thread_id"] = self.state.thread_id
         if isinstance(meta.get("metadata"), dict):
             metadata.update(meta["metadata"])
-        if final and self.state.end is not None:
+        if self.state.end is not None:
             metadata["exit_code"] = self.state.end.get("exit_code")
             if self.state.end.get("signal") is not None:
                 metadata["signal"] = self.state.end.get("signal")
@@ -132,7 +133,7 @@ class Folder:
             tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (),
             environment=self.state.environment,
             release=meta.get("codex_version"),
-            metadata=self.run_metadata(final=True) if root and own else {},
+            metadata=self.run_metadata() if root and own else {},
             input=self.prompt if root and own and self.joined else None,
             output=self.state.final_message if root and own and self.joined else None,
         )
@@ -403,7 +404,7 @@ class Folder:
             state.end = {"exit_code": None, "signal": None, "reason": reason or "idle"}
         level, status = self.root_level()
         trace = self.trace(root=True)
-        metadata: dict[str, Any] = {} if self.sets_trace else self.run_metadata(final=True)
+        metadata: dict[str, Any] = {} if self.sets_trace else self.run_metadata()
         metadata |= {
             "format": state.format.value if state.format else None,
             "outcome": state.outcome,
@@ -417,8 +418,7 @@ class Folder:
             metadata["files_changed"] = state.files
         state.closed = True
         self.emit("root", "agent", self.run_name, state.started_us or at_us, at_us, parent_id=state.parent_span_id,
-                  trace=trace,
-                  input=self.prompt, output=state.final_message, level=level, status_message=status,
+                  trace=trace, input=self.prompt, output=state.final_message, level=level, status_message=status,
                   metadata=metadata)
         self.derived_scores(at_us)
 

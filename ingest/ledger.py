@@ -63,8 +63,16 @@ class Ledger:
 
     def doubtful(self, trace_id: str, ids: Iterable[str]) -> dict[str, float]:
         """Of `ids`, those whose last send may have been stored unseen: id -> when that send began."""
+        return self.lookup(trace_id, ids)[1]
+
+    def lookup(self, trace_id: str, ids: Iterable[str]) -> tuple[set[str], dict[str, float]]:
+        """(those of `ids` Langfuse accepted, those in doubt with when their send began), in one round trip."""
         ids = list(ids)
         if not ids:
-            return {}
-        values = self.redis.hmget(self.keys.doubts(trace_id), ids)
-        return {i: float(v) for i, v in zip(ids, values) if v is not None}
+            return set(), {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smismember(self.keys.ledger(trace_id), ids)
+            pipe.hmget(self.keys.doubts(trace_id), ids)
+            flags, values = pipe.execute()
+        accepted = {i for i, flag in zip(ids, flags) if flag}
+        return accepted, {i: float(v) for i, v in zip(ids, values) if v is not None and i not in accepted}

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from codex_langfuse.ingest.observations import observation_id, trace_id
-from tests.conftest import CODEX_FIXTURES, every_profile
+from tests.conftest import ALL_PROFILES, CODEX_FIXTURES, DEFAULT_PROFILE, every_profile
 from tests.support.stack import REPO, Stack
 from tests.test_pipeline import TS0, assert_trace_equals_mapping, expected_trace, fixture_lines, meta_for, run_lines
 
@@ -82,8 +82,10 @@ def test_429_retry_after_is_honoured(stack):
     assert_trace_equals_mapping(stack, "limited", FULL)
 
 
-@every_profile
-@pytest.mark.parametrize("stored", [False, True], ids=["reset-before-processing", "reset-after-processing"])
+# after processing, the retry checks what Langfuse has: the check is what differs between servers
+@pytest.mark.parametrize("stack, stored", [(DEFAULT_PROFILE, False), *((profile, True) for profile in ALL_PROFILES)],
+                         ids=["reset-before-processing", *(f"reset-after-processing-{p}" for p in ALL_PROFILES)],
+                         indirect=["stack"])
 def test_connection_resets_are_retried_without_duplicates(stack, stored):
     stack.receiver.reset_connection("traces", times=2, store=stored)
     start_backend(stack)

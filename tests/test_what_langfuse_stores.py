@@ -84,14 +84,14 @@ def test_what_a_user_sees_of_runs_with_metadata_and_environments(stack):
 @every_profile
 def test_an_in_doubt_send_whose_check_answers_later_than_the_client_waits_completes_once(stack):
     stack.env["CODEX_LANGFUSE_IN_DOUBT_WAIT"] = "120"  # far longer than the checks take: no blind re-send
-    timeout = stack.settings().http_timeout
+    slow = stack.settings().http_timeout + 0.5
     stack.receiver.reset_connection("traces", times=1, store=True)
-    stack.receiver.delay("observations", timeout * 2, times=2, store=True)  # the first two checks time out
+    stack.receiver.delay("observations", slow, times=1, store=True)  # the first check times out
     start_backend(stack)
     stack.feed("slow-check", fixture_lines(FULL), meta=meta_for(FULL), ts0=TS0)
     stack.wait(lambda: stack.settled(["slow-check"]), timeout=120, what="the run after slow checks")
     checks = stack.receiver.requests("observations")
-    assert [r.fault for r in checks[:2]] == [f"delay {timeout * 2}s (stored)"] * 2
+    assert checks[0].fault == f"delay {slow}s (stored)" and len(checks) >= 2
     assert stack.receiver.duplicates() == {}
     assert_trace_equals_mapping(stack, "slow-check", FULL)
 

@@ -72,6 +72,7 @@ OBSERVATIONS_V1_PATH = "/api/public/observations"
 HEALTH_PATH = "/api/public/health"
 CONTROL_PREFIX = "/__control/"
 
+# Requests are logged and faults aimed by route; "observations" is both listings (v1 and v2).
 ROUTE_OF_PATH = {
     OTEL_TRACES_PATH: "traces",
     SCORES_PATH: "scores",

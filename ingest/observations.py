@@ -25,9 +25,10 @@ def observation_id(run_id: str, key: str) -> str:
     return hashlib.sha256(f"{run_id}/{key}".encode()).digest()[:8].hex()
 
 
-def score_id(trace: str, name: str) -> str:
-    # Langfuse overwrites a score whose id, name and timestamp date match: re-sending is safe.
-    return f"{trace}-{name}"
+def score_id(trace: str, name: str, instance: str | None = None) -> str:
+    # Langfuse overwrites a score whose id, name and timestamp date match: re-sending is safe. A
+    # later run that reused a run id scores the same trace under ids of its own.
+    return f"{trace}-{name}" if instance is None else f"{trace}-{instance}-{name}"
 
 
 class TraceAttributes(BaseModel):

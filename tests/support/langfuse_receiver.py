@@ -10,6 +10,7 @@ Routes (what `langfuse.api.client.LangfuseAPI` 5.0.4 calls):
     POST /api/public/scores           list of scores -> 202 / 207 (single object -> 200 {"id"})
     GET  /api/public/v2/observations  cursor-paginated listing (fields groups, traceId filter, ...)
     GET  /api/public/health           no auth
+    GET  /api/public/projects         the project the keys open (the SDK's auth check)
     /__control/...                    JSON control API for `ReceiverProcess` (no auth, 127.0.0.1)
 
 Two ways to run it, with the same inspection and fault methods:
@@ -60,6 +61,7 @@ OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
 SCORES_PATH = "/api/public/scores"
 OBSERVATIONS_PATH = "/api/public/v2/observations"
 HEALTH_PATH = "/api/public/health"
+PROJECTS_PATH = "/api/public/projects"
 CONTROL_PREFIX = "/__control/"
 
 ROUTE_OF_PATH = {
@@ -67,8 +69,9 @@ ROUTE_OF_PATH = {
     SCORES_PATH: "scores",
     OBSERVATIONS_PATH: "observations",
     HEALTH_PATH: "health",
+    PROJECTS_PATH: "projects",
 }
-FAULT_ROUTES = frozenset({"traces", "scores", "observations", "health", "any"})
+FAULT_ROUTES = frozenset({"traces", "scores", "observations", "health", "projects", "any"})
 
 OBSERVATION_TYPES = frozenset(
     {"span", "generation", "event", "agent", "tool", "chain", "retriever", "evaluator",
@@ -1129,7 +1132,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _process(self, route: str, query: str, body: bytes, number: int) -> _Outcome:
         receiver = self.server.receiver
         expected_method = {"traces": "POST", "scores": "POST", "observations": "GET",
-                           "health": "GET"}.get(route)
+                           "health": "GET", "projects": "GET"}.get(route)
         if expected_method is None:
             return _error(404, f"No route {self.command} {urlsplit(self.path).path}")
         if self.command != expected_method:
@@ -1146,6 +1149,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return receiver._ingest_traces(self.headers, body, number)
         if route == "scores":
             return receiver._ingest_scores(self.headers, body, number)
+        if route == "projects":
+            return _Outcome(200, {"data": [{"id": "project-test", "name": "test project",
+                                            "organization": {"id": "org-test", "name": "test org"},
+                                            "metadata": {}}]})
         return receiver._list_observations(query)
 
     def _serve_control(self, action: str) -> None:

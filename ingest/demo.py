@@ -40,6 +40,7 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
            "CODEX_LANGFUSE_LOG_LEVEL": os.environ.get("CODEX_LANGFUSE_LOG_LEVEL", "WARNING")}
     command = [sys.executable, "-m", "codex_langfuse.producer.cli"]
     processes: list[subprocess.Popen] = []
+    ended: list[str] = []
     run_id = f"demo-{uuid.uuid4()}"
     try:
         print(f"redis-server on {server.url} (pid {server.proc.pid if server.proc else '?'})", file=sys.stderr)
@@ -51,6 +52,8 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
                            stdin=stdin, stdout=subprocess.DEVNULL, env=env, check=True)
         demo_settings = settings.model_copy(update={"redis_url": server.url})
         delivered = wait_delivered(demo_settings, run_id, timeout, processes)
+        ended = [f"the {role} stopped (exit code {process.returncode}; its reason is above)"
+                 for role, process in zip(("dispatcher", "worker"), processes) if process.poll() is not None]
         refused = list(DeadLetters(connections.redis_client(demo_settings), connections.keys(demo_settings))
                        .select(run_id=run_id)) if delivered else []
     except KeyboardInterrupt:
@@ -67,8 +70,6 @@ def run_demo(settings: Settings, fixture: str | None = None, model: str = "gpt-5
                 process.kill()
         server.close()
     if not delivered:
-        ended = [f"the {role} stopped (exit code {process.returncode}; its reason is above)"
-                 for role, process in zip(("dispatcher", "worker"), processes) if process.returncode not in (None, -15)]
         print(f"the trace of run {run_id} was not delivered" + (f": {'; '.join(ended)}" if ended else
                                                               f" within {timeout:.0f} s"), file=sys.stderr)
         return 1

@@ -66,7 +66,7 @@ def check_destination(transport: Transport) -> str:
                         transport.describe(), error.message)
             return "unreachable"
         raise DestinationRefused(f"{transport.describe()} refused: {error.message}") from None
-    log.info("worker sending to %s: %s", transport.describe(), answer)
+    log.info("sending to %s: %s", transport.describe(), answer)
     return answer
 
 

@@ -50,8 +50,10 @@ def test_demo_with_langfuse_keys_sends_to_langfuse_and_says_when_it_refuses(tmp_
         assert sent.returncode == 0, sent.stderr
         assert "sent to Langfuse" in sent.stdout
         assert len(receiver.spans()) == 10 and len(receiver.scores()) == 4 and receiver.duplicates() == {}
+        # wrong keys stop the worker at its start, with Langfuse's own message
         assert refused.returncode == 1
-        assert "refused 10 spans (unauthorized)" in refused.stderr
+        assert "codex-langfuse worker: Langfuse at " in refused.stderr and "HTTP 401: Invalid credentials" in refused.stderr
+        assert "the worker stopped (exit code 2" in refused.stderr
         assert not (tmp_path / "state" / "codex-langfuse" / "sink").exists()  # keys set: no sink
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
 import sys
 from typing import Iterator
 
@@ -19,9 +20,16 @@ TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 JSON_FIELDS = "%(asctime)s %(name)s %(levelname)s %(message)s %(process)d"
 
 
+# RQ logs a job by its description, `process_run <run key>` (ingest.wake), outside the job itself.
+_RQ_JOB = re.compile(r"process_run (\S+)")
+
+
 class _RunIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         run_id = getattr(record, "run_id", None) or _run_id.get()
+        if run_id is None and record.name.startswith("rq."):
+            found = _RQ_JOB.search(record.getMessage())
+            run_id = found.group(1) if found else None
         record.run_id = run_id
         return True
 

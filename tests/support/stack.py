@@ -38,10 +38,11 @@ FAST = {
 
 
 class Stack:
-    def __init__(self, tmp: Path, receiver: LangfuseReceiver | None = None, **overrides: Any):
+    def __init__(self, tmp: Path, receiver: LangfuseReceiver | None = None, redis_server: RedisServer | None = None,
+                 **overrides: Any):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.redis_server = RedisServer().start()
+        self.redis_server = (redis_server or RedisServer()).start()
         self.receiver = receiver or LangfuseReceiver().start()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_LANGFUSE_", "LANGFUSE_"))},
@@ -124,20 +125,28 @@ class Stack:
     # ---- feeding and waiting ----
 
     def feed(self, run_id: str, lines: Iterable[bytes], *, meta: dict[str, Any] | None = None,
-             exit_code: int | None = 0, ts0: int | None = None) -> int:
+             exit_code: int | None = 0, ts0: int | None = None, inst: str | None = None) -> int:
         """Write a run straight onto the stream, as a producer would (entry format of README)."""
-        settings = self.settings()
-        ts = ts0 if ts0 is not None else int(time.time() * 1e6)
-        client = self.redis
-        entries = [("start", json.dumps(meta or {}).encode())]
-        entries += [("line", line) for line in lines]
-        entries.append(("end", json.dumps({"exit_code": exit_code, "signal": None, "reason": "exited"}).encode()))
-        with client.pipeline(transaction=False) as pipe:
-            for seq, (kind, data) in enumerate(entries):
-                pipe.xadd(settings.stream, {"v": "1", "run": run_id, "seq": str(seq), "ts": str(ts + seq * 1000),
-                                            "kind": kind, "data": data})
-            pipe.execute()
+        entries = self.entries(run_id, lines, meta=meta, exit_code=exit_code, ts0=ts0, inst=inst)
+        self.xadd(entries)
         return len(entries)
+
+    def entries(self, run_id: str, lines: Iterable[bytes], *, meta: dict[str, Any] | None = None,
+                exit_code: int | None = 0, ts0: int | None = None, inst: str | None = None) -> list[dict[str, Any]]:
+        """The stream entries of a run (`inst`: the producer's run instance field, when it sends one)."""
+        ts = ts0 if ts0 is not None else int(time.time() * 1e6)
+        data = [("start", json.dumps(meta or {}).encode())]
+        data += [("line", line) for line in lines]
+        data.append(("end", json.dumps({"exit_code": exit_code, "signal": None, "reason": "exited"}).encode()))
+        return [{"v": "1", "run": run_id, "seq": str(seq), "ts": str(ts + seq * 1000), "kind": kind, "data": payload,
+                 **({"inst": inst} if inst else {})} for seq, (kind, payload) in enumerate(data)]
+
+    def xadd(self, entries: Iterable[dict[str, Any]]) -> None:
+        stream = self.settings().stream
+        with self.redis.pipeline(transaction=False) as pipe:
+            for fields in entries:
+                pipe.xadd(stream, fields)
+            pipe.execute()
 
     def settled(self, run_ids: Iterable[str]) -> bool:
         """Every run closed, with nothing left to fold or deliver."""

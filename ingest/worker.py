@@ -66,7 +66,6 @@ def check_destination(transport: Transport) -> str:
                         transport.describe(), error.message)
             return "unreachable"
         raise DestinationRefused(f"{transport.describe()} refused: {error.message}") from None
-    log.info("sending to %s: %s", transport.describe(), answer)
     return answer
 
 
@@ -87,7 +86,7 @@ def wait_for_redis(connection: redis.Redis, url: str, backoff: connections.Backo
 def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
                transport: Transport | None = None) -> None:
     transport = transport or make_transport(settings)
-    check_destination(transport)
+    log.info("worker sending to %s: %s", transport.describe(), check_destination(transport))
     stop = threading.Event()
     _stop_on_signals(stop)
     connection = connections.redis_client(settings)

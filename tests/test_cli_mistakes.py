@@ -16,7 +16,7 @@ import pytest
 
 from codex_langfuse.ingest.observations import trace_id
 from tests.support.redis_server import free_port
-from tests.support.stack import REPO
+from tests.support.stack import PYTHONPATH, REPO
 from tests.test_pipeline import TS0, fixture_lines, meta_for
 from tests.conftest import CODEX_FIXTURES
 
@@ -27,7 +27,7 @@ BACKEND = ("rq", "langfuse", "pydantic", "pydantic_settings", "prometheus_client
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX_LANGFUSE_", "LANGFUSE_"))}
     env.pop("REDIS_URL", None)
-    return {**env, "PYTHONPATH": str(REPO), **extra}
+    return {**env, "PYTHONPATH": PYTHONPATH, **extra}
 
 
 def command(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -131,7 +131,7 @@ def test_the_back_end_commands_on_a_runner_with_the_base_package_say_what_to_ins
         "        if name.split('.')[0] in BLOCKED:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Blocker())\n")
-    env = clean_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    env = clean_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{PYTHONPATH}")
     for subcommand in ("worker", "status", "doctor"):
         answer = command(subcommand, env=env)
         assert answer.returncode == 2

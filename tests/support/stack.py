@@ -21,6 +21,9 @@ from tests.support.langfuse_receiver import LangfuseReceiver
 from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
+# What child processes import from: this checkout's tests, and the package wherever the caller has
+# it (an installed sdist's tests run against the installed package, not a checkout's).
+PYTHONPATH = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 # Compressed timings for tests: leases, sweeps and retries in seconds, not minutes.
 FAST = {
@@ -53,7 +56,7 @@ class Stack:
             "LANGFUSE_BASE_URL": self.receiver.base_url,
             "CODEX_LANGFUSE_SPOOL_DIR": str(self.tmp / "spool"),
             "CODEX_LANGFUSE_SINK_DIR": str(self.tmp / "sink"),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": PYTHONPATH,
             **{f"CODEX_LANGFUSE_{k.upper()}": str(v) for k, v in overrides.items()},
         }
         self.processes: dict[str, subprocess.Popen] = {}

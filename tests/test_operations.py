@@ -8,12 +8,14 @@ compressed through settings (tests/support/stack.py); waits are hang guards, not
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -286,3 +288,34 @@ def test_metrics_json_logs_and_one_line_per_delivered_run(tmp_path):
         assert any(re.fullmatch(r"run measured: 10 spans, \$0\.0\d{3}", line["message"]) for line in about_the_run)
     finally:
         stack.close()
+
+
+def test_the_procfile_formation_starts_a_killed_process_again_and_stops_on_a_wrong_setting(stack):
+    """`honcho start` runs the Procfile: a dispatcher killed -9 comes back, the formation stays up;
+    a worker refusing its settings (exit 2) is not restarted in a loop."""
+    env = {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", str(REPO / "Procfile")], env=env,
+                              cwd=stack.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def dispatcher_pids() -> set[int]:
+            return {json.loads(v)["pid"] for v in stack.redis.hvals(stack.keys.processes)
+                    if json.loads(v)["role"] == "dispatcher"}
+
+        stack.wait(lambda: len(dispatcher_pids()) == 1 and status(stack)["workers"]["alive"] == 1,
+                   what="the formation")
+        [first] = dispatcher_pids()
+        os.kill(first, signal.SIGKILL)
+        stack.wait(lambda: dispatcher_pids() - {first}, timeout=60, what="a new dispatcher")
+        assert honcho.poll() is None
+        stack.feed("under-honcho", fixture_lines(FULL), meta=meta_for(FULL), ts0=TS0)
+        stack.wait(lambda: stack.settled(["under-honcho"]), what="the run")
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        output = honcho.communicate(timeout=60)[0].decode(errors="replace")
+    assert "dispatcher died; starting it again" in output
+
+    wrong = {**env, "LANGFUSE_SECRET_KEY": "sk-lf-wrong"}
+    answer = subprocess.run([sys.executable, "-m", "honcho", "start", "-f", str(REPO / "Procfile")], env=wrong,
+                            cwd=stack.tmp, capture_output=True, text=True, timeout=120)
+    assert "HTTP 401: Invalid credentials" in answer.stdout
+    assert "worker died; starting it again" not in answer.stdout

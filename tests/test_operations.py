@@ -144,6 +144,10 @@ def test_two_runs_with_one_run_id_are_both_delivered_complete_and_none_stays_ope
     assert report["runs"]["reused_run_ids"] == 1 and report["runs"]["open"] == 0
     text = cli(stack, "status").stdout
     assert "reused run ids 1" in text
+    scored = cli(stack, "score", "ci-job-7", "ci_passed", "true")
+    assert scored.returncode == 0
+    assert (f"codex-langfuse score: run id ci-job-7 was used by more than one run; the score goes to their one "
+            f"trace {trace_id('ci-job-7')}") in scored.stderr
 
 
 def test_entries_for_a_closed_run_never_reopen_it(stack):

@@ -93,6 +93,11 @@ class DeadLetters:
                 if limit is not None and yielded >= limit:
                     return
 
+    def newest(self) -> float | None:
+        """Time of the latest failure among the letters."""
+        newest = self.redis.zrange(self.keys.dead_letter_index, -1, -1, withscores=True)
+        return newest[0][1] if newest else None
+
     def counts_by_reason(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         for _, raw in self.redis.hscan_iter(self.keys.dead_letters, count=500):

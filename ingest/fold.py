@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from codex_langfuse.ingest import current_format, legacy_format
-from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.entries import Entry, split_run_key
 from codex_langfuse.ingest.events import Format, Usage, first_line, parse_line
 from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, root_id, score_id
 from codex_langfuse.ingest.pricing import usage_buckets
@@ -28,6 +28,9 @@ __all__ = ["Counters", "FoldContext", "FoldResult", "Folder", "OpenItem", "RunSt
            "skip_gap"]
 
 MAX_TRACKED_PATHS = 1000
+MAX_STDERR_CHARS = 8000  # the tail of Codex's stderr kept on the root observation
+LATE_CONTENT_CHARS = 32_000
+MAX_SKIPPED_RANGES = 100
 # Formats whose stream just ends (no turn.completed/turn.failed): ending is not aborting there.
 NO_TERMINAL_EVENT = (Format.LEGACY, Format.EXPERIMENTAL)
 # The head of an `item.completed` line cut by the producer: enough to close the item it completes.
@@ -43,8 +46,10 @@ class FoldResult:
     thread_totals: dict[str, Usage] = field(default_factory=dict)
 
 
-def new_state(run_id: str) -> RunState:
-    return RunState(run_id=run_id)
+def new_state(run_key: str) -> RunState:
+    """The state of a run not folded yet; `run_key` as filed (`entries.run_key`)."""
+    run_id, instance = split_run_key(run_key)
+    return RunState(run_id=run_id, instance=instance)
 
 
 class Folder:
@@ -61,11 +66,11 @@ class Folder:
     # ---- identity and trace attributes ----
 
     def oid(self, key: str) -> str:
-        return observation_id(self.state.run_id, key)
+        return observation_id(self.state.seed, key)
 
     @property
     def root_id(self) -> str:
-        return root_id(self.state.run_id)
+        return root_id(self.state.seed)
 
     @property
     def prompt(self) -> Any:
@@ -105,6 +110,8 @@ class Folder:
         """The trace's metadata (the run's root's own, in a caller's trace)."""
         meta = self.state.meta
         metadata: dict[str, Any] = {"run_id": self.state.run_id}
+        if self.state.instance is not None:
+            metadata["run_instance"] = self.state.instance
         for key in ("codex_version", "cwd", "repository", "branch", "commit", "producer"):
             if meta.get(key):
                 metadata[key] = meta[key]
@@ -132,7 +139,7 @@ class Folder:
             session_id=meta.get("session_id") or self.state.thread_id,
             tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (),
             environment=self.state.environment,
-            release=meta.get("codex_version"),
+            release=meta.get("release") or self.ctx.release or meta.get("codex_version"),
             metadata=self.run_metadata() if root and own else {},
             input=self.prompt if root and own and self.joined else None,
             output=self.state.final_message if root and own and self.joined else None,
@@ -164,7 +171,8 @@ class Folder:
 
     def score(self, name: str, value: float | str, data_type: str, at_us: int, comment: str | None = None,
               metadata: dict[str, Any] | None = None) -> None:
-        on_root = self.root_id if self.joined else None
+        # A run that shares its trace (a caller's, or its run id's with an earlier run) scores its root.
+        on_root = self.root_id if self.joined or self.state.instance is not None else None
         self.result.scores.append(
             Score(
                 id=score_id(self.state.trace_id, name, on_root),
@@ -247,6 +255,7 @@ class Folder:
                 )
             if price is not None:
                 cost_details = price.cost_details
+                self.state.cost += float(cost_details.get("total") or 0.0)
                 metadata.update(pricing_source=price.source, pricing_model=price.model,
                                 pricing_tier=price.tier, pricing_version=price.table_version)
             else:
@@ -262,13 +271,11 @@ class Folder:
     def apply(self, entry: Entry) -> None:
         state = self.state
         if entry.seq < state.next_seq:
-            return  # already folded (a redelivered entry)
+            self.stale(entry)
+            return
         state.next_seq = entry.seq + 1
         if state.closed:
-            if entry.kind == "score":
-                self.apply_score(entry)
-            else:
-                state.counters.late_entries += 1
+            self.late(entry)
             return
         if state.started_us is None:
             state.started_us = entry.ts
@@ -290,10 +297,42 @@ class Folder:
                 "signal": payload.get("signal"),
                 "reason": payload.get("reason") or "exited",
             }
+            if isinstance(payload.get("stderr"), str) and payload["stderr"].strip():
+                state.end["stderr"] = payload["stderr"][-MAX_STDERR_CHARS:]
             self.close(entry.ts)
         else:
             self.warning(f"entry/{entry.seq}", "unknown_entry", entry.ts, f"unknown entry kind {entry.kind!r}",
                          output=entry.data[:2000])
+
+    # ---- entries that come after their time ----
+
+    def stale(self, entry: Entry) -> None:
+        """An entry below the next sequence number: a copy of one folded already (a spool sent
+        again), unless its number was given up as lost, or it was read after a closed run ended
+        (a producer that sends no `inst` reused the run id): then it is late, not a copy."""
+        state = self.state
+        skipped = any(first <= entry.seq <= last for first, last in state.skipped)
+        if skipped or (state.closed and entry.ts > (state.last_us or 0)):
+            self.late(entry)
+
+    def late(self, entry: Entry) -> None:
+        """An entry for a run already closed, or after its gap was given up: it never re-opens
+        the run. A score is still applied; content is kept as a `late_entry` event."""
+        if entry.kind == "score":
+            self.apply_score(entry)
+            return
+        self.state.counters.late_entries += 1
+        if entry.kind == "line":
+            content: Any = entry.data or None
+        else:
+            content = entry.payload() or None  # an empty `meta` is a heartbeat: nothing to keep
+        if content is None:
+            return
+        when = "after the run was closed" if self.state.closed else "after it was given up as lost"
+        self.event(f"late/{entry.seq}/{entry.ts}", "late_entry", entry.ts, level="WARNING",
+                   output=content if not isinstance(content, str) else content[:LATE_CONTENT_CHARS],
+                   status_message=f"{entry.kind} entry #{entry.seq} arrived {when}",
+                   metadata={"seq": entry.seq, "kind": entry.kind})
 
     def apply_meta(self, payload: dict[str, Any]) -> None:
         meta = self.state.meta
@@ -416,6 +455,12 @@ class Folder:
         }
         if state.files:
             metadata["files_changed"] = state.files
+        stderr = state.end.get("stderr")
+        if stderr:
+            metadata["stderr"] = stderr
+            if level == "ERROR":
+                # Codex says why it did not run on stderr ("Not inside a trusted directory …")
+                status = f"{status}; codex stderr: {last_line(stderr)}"
         state.closed = True
         self.emit("root", "agent", self.run_name, state.started_us or at_us, at_us, parent_id=state.parent_span_id,
                   trace=trace, input=self.prompt, output=state.final_message, level=level, status_message=status,
@@ -486,4 +531,12 @@ def skip_gap(state: RunState, to_seq: int, at_us: int, context: FoldContext) -> 
                        metadata={"first_seq": state.next_seq, "count": lost})
     folder.state.next_seq = to_seq
     folder.state.gap_since = None
+    if len(folder.state.skipped) < MAX_SKIPPED_RANGES:
+        folder.state.skipped.append((state.next_seq, to_seq - 1))
     return folder.result
+
+
+def last_line(text: str) -> str:
+    """The last line with something on it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""

@@ -33,8 +33,8 @@ def root_id(run_id: str) -> str:
 def score_id(trace: str, name: str, observation: str | None = None) -> str:
     """Stable, so the ledger knows a score was sent and Langfuse replaces rather than adds a row
     sent again (servers up to v4.16 replace per id, name and the day it was received). A run in a
-    trace of its own: `<trace id>-<name>`. A run that joined a caller's trace shares that trace
-    with others: its root observation's id keeps the score its own."""
+    trace of its own: `<trace id>-<name>`. A run that shares its trace with others (it joined a
+    caller's trace, or reused a run id): its root observation's id keeps the score its own."""
     return f"{trace}-{observation}-{name}" if observation else f"{trace}-{name}"
 
 

@@ -23,7 +23,7 @@ STATUS_ERROR = 2
 SPAN_KIND_INTERNAL = 1
 # Metadata that carries captured content (paths, fields we pass through unread): left out
 # with the inputs and outputs when content capture is off.
-CONTENT_METADATA = frozenset({"files_changed", "extra_fields", "usage_extra_fields", "explanation", "cwd"})
+CONTENT_METADATA = frozenset({"files_changed", "extra_fields", "usage_extra_fields", "explanation", "cwd", "stderr"})
 # Read by Langfuse's ingestion (`langfuse.trace.input`/`.output`) though the 5.x SDK no longer names them.
 TRACE_INPUT = "langfuse.trace.input"
 TRACE_OUTPUT = "langfuse.trace.output"

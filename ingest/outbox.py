@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from codex_langfuse.ingest import metrics
 from codex_langfuse.ingest.context import WorkerContext
 from codex_langfuse.ingest.deadletters import DeadLetter
 from codex_langfuse.ingest.delivery import SendReport
@@ -81,7 +82,9 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
         pipe.execute()
     summary.update(delivered=len(span_report.accepted), skipped=len(span_report.skipped),
                    dead_lettered=sum(len(letter.items) for letter in letters))
+    count_delivery(spans, span_report, letters, now)
     if retry_in is not None:
+        metrics.retries.inc()
         summary["retry_in"] = retry_in
         log.warning("run %s: delivery failed (%s), attempt %d, retrying in %.1f s",
                     run_id, transient.message if transient else "", attempts, retry_in)
@@ -89,3 +92,16 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
     for letter in letters:
         log.error("run %s: %d %s dead-lettered (%s): %s", run_id, len(letter.items), letter.kind, letter.reason,
                   letter.message[:300])
+
+
+def count_delivery(spans: list[dict[str, Any]], report: SendReport, letters: list[DeadLetter], now: float) -> None:
+    accepted = set(report.accepted)
+    metrics.spans_sent.inc(len(accepted) + sum(len(batch) for batch, _ in report.rejected))
+    metrics.spans_accepted.inc(len(accepted))
+    for batch, error in report.rejected:
+        metrics.spans_rejected.labels(error.reason).inc(len(batch))
+    for letter in letters:
+        metrics.dead_letters.labels(letter.reason).inc(len(letter.items))
+    for span in spans:
+        if ledger_key(span) in accepted:
+            metrics.delivery_delay.observe(max(0.0, now - int(span["endTimeUnixNano"]) / 1e9))

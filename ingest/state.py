@@ -29,6 +29,7 @@ class FoldContext:
     thread_baseline: Callable[[str], Usage | None] = lambda thread_id: None
     trace_name: str = "codex exec"
     environment: str | None = None
+    release: str | None = None  # the worker's LANGFUSE_RELEASE: a run's own release wins, then this
     max_output_chars: int = 8000
 
 
@@ -65,6 +66,7 @@ class RunState(BaseModel):
     """Everything a later fold step needs; stored as JSON between steps."""
 
     run_id: str
+    instance: str | None = None  # set when this run reused a run id another run had used first
     next_seq: int = 0
     meta: dict[str, Any] = {}
     started_us: int | None = None
@@ -93,6 +95,10 @@ class RunState(BaseModel):
     end: dict[str, Any] | None = None
     closed: bool = False
     gap_since: float | None = None  # worker clock: when the next entry was first found missing
+    skipped: list[tuple[int, int]] = []  # seq ranges given up as lost: if they come, they are late
+    spans: int = 0  # spans the run made so far (for the line logged when it is delivered)
+    cost: float = 0.0  # USD of its priced generations
+
     # The caller's W3C traceparent, from the start entry only: the run joins that trace, its root a
     # child of that span. None: the run has a trace of its own.
     parent: str | None = None
@@ -111,6 +117,12 @@ class RunState(BaseModel):
         """The caller's span the run's root hangs under, when it joined a trace."""
         joined = parse_traceparent(self.parent)
         return joined[1] if joined else None
+
+    @property
+    def seed(self) -> str:
+        """What observation and score ids are derived from: the run id, and for a later run that
+        reused it, `<run id>/<instance>` (so both runs' observations live side by side)."""
+        return self.run_id if self.instance is None else f"{self.run_id}/{self.instance}"
 
 
 class Folder(Protocol):

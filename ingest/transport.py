@@ -1,9 +1,10 @@
 """Where spans and scores go: Langfuse (through the `langfuse` package's API client) or a local
-directory sink when no Langfuse keys are configured.
+directory sink, chosen explicitly (`Settings.destination`).
 
 Both raise `DeliveryError`, classified: transient failures are retried later, permanent ones
-go to the dead letters. Nothing here retries by itself; `ingest.retry` decides.
-
+go to the dead letters. Nothing here retries by itself; `ingest.retry` decides. `check` asks the
+destination once at a worker's start whether it can work at all (keys, address), so wrong keys
+or a wrong URL stop the worker with Langfuse's message instead of dead-lettering run after run.
 Langfuse servers differ (reference/langfuse.md): up to v4.16 the scores route takes one object per
 request and answers a list with a 400 about the body's shape; the v3 line has no v2 observations
 API (404) and its v1 listing may lag. The transport learns either once per process and says so.
@@ -87,6 +88,8 @@ class Transport(Protocol):
 
     def describe(self) -> str: ...
 
+    def check(self) -> str: ...
+
 
 def parse_retry_after(headers: dict[str, str] | None) -> float | None:
     if not headers:
@@ -167,6 +170,26 @@ class LangfuseTransport:
 
     def describe(self) -> str:
         return f"Langfuse at {self.base_url}"
+
+    def check(self) -> str:
+        """What the keys open (project names) and the server's version; `DeliveryError` when Langfuse
+        refuses the keys (401/403), is not at this address (404, not JSON) or cannot be reached."""
+        try:
+            projects = self.api.projects.get(request_options=self._options)
+        except Exception as exc:  # noqa: BLE001
+            error = classify_exception(exc)
+            if error.status == 404 or (error.status is None and "unreadable answer" in error.message):
+                raise DeliveryError(f"no Langfuse API at {self.base_url} ({error.message}); check "
+                                    f"LANGFUSE_BASE_URL", transient=False, reason=NOT_FOUND, status=404) from exc
+            raise error from exc
+        names = ", ".join(p.name for p in projects.data) or "no project"
+        return f"keys accepted (project {names}), server {self.server_version() or 'version unknown'}"
+
+    def server_version(self) -> str | None:
+        try:
+            return self.api.health.health(request_options=self._options).version
+        except Exception:  # noqa: BLE001 - the version is a nicety; auth decides
+            return None
 
     def export(self, spans: list[dict[str, Any]]) -> None:
         try:
@@ -296,6 +319,17 @@ class SinkTransport:
     def describe(self) -> str:
         return f"local sink {self.directory}"
 
+    def check(self) -> str:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".probe.{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise DeliveryError(f"cannot write the local sink {self.directory}: {exc.strerror or exc}",
+                                transient=False, reason="sink_unwritable") from exc
+        return "writable"
+
     def _write(self, path: Path, payload: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -325,7 +359,8 @@ class SinkTransport:
 
 
 def make_transport(settings: Any) -> Transport:
-    if settings.langfuse_enabled:
+    """The transport to the chosen destination (`NoDestination` when none was chosen)."""
+    if settings.destination == "langfuse":
         return LangfuseTransport(settings.langfuse_base_url, settings.langfuse_public_key,
                                  settings.langfuse_secret_key, settings.http_timeout)
     return SinkTransport(settings.sink_dir)

@@ -58,6 +58,7 @@ INGEST_COMMANDS = {
     "score": "attach a score to a run's trace (CI result, review)",
     "show": "print a run's trace from the local sink",
     "demo": "end to end on a recorded Codex run, with a Redis of its own",
+    "doctor": "check Redis, Langfuse, the spool and the clock; say what to fix",
 }
 
 STDIN_PROMPT_LIMIT = 64 * 1024

@@ -38,6 +38,8 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # field names of a stream entry
 F_VERSION, F_RUN, F_SEQ, F_TS, F_KIND, F_DATA, F_TRUNC = "v", "run", "seq", "ts", "kind", "data", "trunc"
+# optional field: the run instance (random per start of a run), so a reused run id is told apart
+F_INST = "inst"
 # not a stream field: asks the sender thread to shrink an oversized line to this many bytes
 F_SHRINK_TO = "_shrink_to"
 # Lines up to this many times the line limit are shrunk as JSON (their long strings cut, so

@@ -52,7 +52,7 @@ def make():
         made.append(receiver)
         transport = LangfuseTransport(receiver.base_url, receiver.public_key, receiver.secret_key, timeout=1.0)
         clock = Clock()
-        ledger = Ledger(fakeredis.FakeRedis(), Keys(), ttl=3600)
+        ledger = Ledger(fakeredis.FakeRedis(), Keys(), ttl=3600, destination="test")
         return receiver, Delivery(transport, ledger, max_spans=2, in_doubt_wait=WAIT, clock=clock), clock
 
     yield build

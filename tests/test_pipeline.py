@@ -197,6 +197,13 @@ def test_a_dispatcher_that_died_after_reading_is_taken_over(stack):
     assert_trace_equals_mapping(stack, "run-orphaned", path)
     assert client.xpending(settings.stream, stack.keys.group)["pending"] == 0
 
+    def consumers() -> set[str]:
+        return {c["name"].decode() for c in client.xinfo_consumers(settings.stream, stack.keys.group)}
+
+    # the dead dispatcher's consumer goes once its entries were claimed; the live one stays
+    stack.wait(lambda: "dead-dispatcher" not in consumers(), what="the dead consumer to be removed")
+    assert len(consumers()) == 1
+
 
 def test_dispatchers_and_workers_killed_at_random_under_load(stack):
     """Kill -9 a dispatcher and a worker while many runs flow; every span arrives exactly once."""

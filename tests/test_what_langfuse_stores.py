@@ -13,7 +13,6 @@ it, not the spans as they were sent.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

@@ -19,6 +19,7 @@ Routes (what `langfuse.api.client.LangfuseAPI` 5.0.4 calls, and the v1 listing i
     GET  /api/public/v2/observations  cursor-paginated listing (404 on v3)
     GET  /api/public/observations     v1, page-paginated listing (lags on v3)
     GET  /api/public/health           no auth
+    GET  /api/public/projects         the project the keys open (the SDK's auth check)
     /__control/...                    JSON control API for `ReceiverProcess` (no auth, 127.0.0.1)
 
 Two ways to run it, with the same inspection and fault methods:
@@ -70,6 +71,7 @@ SCORES_PATH = "/api/public/scores"
 OBSERVATIONS_PATH = "/api/public/v2/observations"
 OBSERVATIONS_V1_PATH = "/api/public/observations"
 HEALTH_PATH = "/api/public/health"
+PROJECTS_PATH = "/api/public/projects"
 CONTROL_PREFIX = "/__control/"
 
 # Requests are logged and faults aimed by route; "observations" is both listings (v1 and v2).
@@ -79,8 +81,9 @@ ROUTE_OF_PATH = {
     OBSERVATIONS_PATH: "observations",
     OBSERVATIONS_V1_PATH: "observations",
     HEALTH_PATH: "health",
+    PROJECTS_PATH: "projects",
 }
-FAULT_ROUTES = frozenset({"traces", "scores", "observations", "health", "any"})
+FAULT_ROUTES = frozenset({"traces", "scores", "observations", "health", "projects", "any"})
 
 OBSERVATION_TYPES = frozenset(
     {"span", "generation", "event", "agent", "tool", "chain", "retriever", "evaluator",
@@ -1364,7 +1367,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _process(self, route: str, query: str, body: bytes, number: int) -> _Outcome:
         receiver = self.server.receiver
         expected_method = {"traces": "POST", "scores": "POST", "observations": "GET",
-                           "health": "GET"}.get(route)
+                           "health": "GET", "projects": "GET"}.get(route)
         if expected_method is None:
             return _error(404, f"No route {self.command} {urlsplit(self.path).path}")
         if self.command != expected_method:
@@ -1383,6 +1386,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return receiver._ingest_scores(self.headers, body, number)
         if urlsplit(self.path).path == OBSERVATIONS_V1_PATH:
             return receiver._list_observations_v1(query)
+        if route == "projects":
+            return _Outcome(200, {"data": [{"id": "project-test", "name": "test project",
+                                            "organization": {"id": "org-test", "name": "test org"},
+                                            "metadata": {}}]})
         return receiver._list_observations(query)
 
     def _serve_control(self, action: str) -> None:

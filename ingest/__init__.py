@@ -9,4 +9,8 @@ them as OTLP spans (`otlp`, with `content` redaction) and delivers its outbox (`
 once (`delivery`, `ledger`, `transport`), retrying as `retry` decides and keeping what Langfuse
 refuses in `deadletters` for `replay`; `verify` checks imported turns against the ledger and
 Langfuse. `context` builds what a worker needs, once per process.
+
+Around them: `settings` (validated at start), `worker` (the RQ worker, checked at start, restarted
+through Redis outages), `registry` (who runs, by heartbeat), `status` and `doctor` (what runs and
+what to fix), `metrics` and `logs` (for operators), `cli` (every mistake as one line and an exit code).
 """

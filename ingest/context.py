@@ -43,17 +43,19 @@ class WorkerContext:
     def build(cls, settings: Settings, transport: Transport | None = None) -> "WorkerContext":
         connection = connections.redis_client(settings)
         keys = connections.keys(settings)
-        ledger = Ledger(connection, keys, settings.ledger_ttl)
+        ledger = Ledger(connection, keys, settings.ledger_ttl, settings.destination_id())
         transport = transport or make_transport(settings)
         return cls(
             settings=settings,
             redis=connection,
             keys=keys,
-            store=RunStore(connection, keys, settings.lease_seconds, settings.done_ttl),
+            store=RunStore(connection, keys, settings.lease_seconds, settings.done_ttl,
+                           id_ttl=settings.ledger_ttl + settings.done_ttl),
             ledger=ledger,
             dead_letters=DeadLetters(connection, keys),
             transport=transport,
-            delivery=Delivery(transport, ledger, settings.batch_max_spans, settings.batch_max_bytes),
+            delivery=Delivery(transport, ledger, settings.batch_max_spans, settings.batch_max_bytes,
+                              in_doubt_wait=settings.in_doubt_wait),
             queue=connections.queue(settings, connection),
             prices=PriceTable.load(settings.prices_file),
             policy=ContentPolicy(capture=settings.capture_content, max_field_chars=settings.max_field_chars,
@@ -65,7 +67,7 @@ class WorkerContext:
     def fold_context(self) -> FoldContext:
         return FoldContext(prices=self.prices, thread_baseline=self.store.thread_baseline, claim_turn=self.claims.claim,
                            trace_name=self.settings.trace_name, environment=self.settings.environment,
-                           max_output_chars=self.settings.max_output_chars)
+                           release=self.settings.release, max_output_chars=self.settings.max_output_chars)
 
 
 _context: WorkerContext | None = None

@@ -29,7 +29,6 @@ class DeadLetter(BaseModel):
     attempts: int = 1
     first_failure: float
     last_failure: float
-    in_flight: bool = False  # a replay was sending it when it stopped: check before re-sending
 
     @classmethod
     def new(cls, run_id: str, trace_id: str, kind: str, items: list[dict[str, Any]], reason: str, message: str,
@@ -93,6 +92,11 @@ class DeadLetters:
                 yielded += 1
                 if limit is not None and yielded >= limit:
                     return
+
+    def newest(self) -> float | None:
+        """Time of the latest failure among the letters."""
+        newest = self.redis.zrange(self.keys.dead_letter_index, -1, -1, withscores=True)
+        return newest[0][1] if newest else None
 
     def counts_by_reason(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}

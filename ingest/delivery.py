@@ -1,16 +1,25 @@
 """Sending a trace's spans and scores exactly once.
 
-`Delivery.send` consults the ledger before sending, asks Langfuse what it already has when an
-earlier attempt ended in doubt, sends in batches bounded by count and size, records each
-accepted batch in the ledger at once, splits a batch Langfuse refuses as a whole (400, 413) to
-keep the good spans and isolate the bad ones, and stops at the first transient failure so the
-caller can retry later. The callers (a run's outbox, a replay of dead letters) keep their own
-books with the `SendReport`.
+`Delivery.send_spans` consults the ledger before sending, sends in batches bounded by count and
+size, records each accepted batch in the ledger at once, splits a batch Langfuse refuses as a
+whole (400, 413) to keep the good spans and isolate the bad ones, and stops at the first
+transient failure so the caller can retry later. The callers (a run's outbox, a replay of dead
+letters) keep their own books with the `SendReport`.
+
+A span whose last send ended in doubt (the ledger's doubts) is first looked up in Langfuse's
+observations listing; the check never blocks delivery: what the real-time v2 listing does not
+show is sent again at once, what a lagging v1 listing does not show yet, or what nothing could
+check, is held back and checked again on the next attempt, and sent again unasked once its
+doubtful send is `in_doubt_wait` seconds old. Every other span goes out meanwhile.
+
+Scores go as a list; to a server that takes one per request (up to v4.16), one by one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -18,12 +27,24 @@ from codex_langfuse.ingest.items import ledger_key
 from codex_langfuse.ingest.ledger import Ledger
 from codex_langfuse.ingest.observations import Score
 from codex_langfuse.ingest.otlp import span_size
-from codex_langfuse.ingest.transport import FORBIDDEN, NOT_FOUND, REJECTED, TOO_LARGE, UNAUTHORIZED, DeliveryError, Transport
+from codex_langfuse.ingest.transport import (
+    FORBIDDEN,
+    NOT_FOUND,
+    ONE_SCORE_PER_REQUEST,
+    REJECTED,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    DeliveryError,
+    Transport,
+)
+
+log = logging.getLogger("codex_langfuse.worker")
 
 # Failures that say nothing about the data, everything about the credentials or the address:
 # every further request would fail the same way.
 ACCOUNT_WIDE = (UNAUTHORIZED, FORBIDDEN, NOT_FOUND)
 SHRUNK_FIELD_CHARS = 4000
+IN_DOUBT_WAIT = 600.0  # seconds an unconfirmed in-doubt span is held back before it is sent again
 
 
 @dataclass
@@ -41,7 +62,8 @@ class _Stop(Exception):
 
 
 def score_payload(score: Score) -> dict[str, Any]:
-    """A score as the scores API takes it (the form kept in the outbox and dead letters)."""
+    """A score as the scores API takes it (the form kept in the outbox and dead letters). Servers up
+    to v4.16 drop `timestamp` and keep the time they received the score; newer ones keep it."""
     timestamp = dt.datetime.fromtimestamp(score.timestamp_us / 1e6, tz=dt.timezone.utc)
     payload: dict[str, Any] = {
         "id": score.id,
@@ -51,6 +73,8 @@ def score_payload(score: Score) -> dict[str, Any]:
         "dataType": score.data_type,
         "timestamp": timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
+    if score.observation_id:
+        payload["observationId"] = score.observation_id
     if score.comment:
         payload["comment"] = score.comment
     if score.environment:
@@ -76,34 +100,31 @@ def shrink_span(span: dict[str, Any], max_chars: int = SHRUNK_FIELD_CHARS) -> di
 
 
 class Delivery:
-    def __init__(self, transport: Transport, ledger: Ledger, max_spans: int = 200, max_bytes: int = 3_000_000):
+    def __init__(self, transport: Transport, ledger: Ledger, max_spans: int = 200, max_bytes: int = 3_000_000,
+                 in_doubt_wait: float = IN_DOUBT_WAIT, clock: Callable[[], float] = time.time):
         self.transport = transport
         self.ledger = ledger
         self.max_spans = max_spans
         self.max_bytes = max_bytes
+        self.in_doubt_wait = in_doubt_wait
+        self.clock = clock
 
     # ---- spans ----
 
-    def send_spans(self, trace_id: str, spans: list[dict[str, Any]], in_doubt: bool = False,
+    def send_spans(self, trace_id: str, spans: list[dict[str, Any]],
                    keep_alive: Callable[[], None] = lambda: None) -> SendReport:
         """`keep_alive` runs before each request: a worker renews its lease on the run there (and
         stops, raising, if it lost it — another worker then delivers)."""
         report = SendReport()
-        done = self.ledger.accepted(trace_id, (ledger_key(s) for s in spans))
-        if in_doubt and len(done) < len(spans):
-            try:
-                keep_alive()
-                present = self.transport.existing_span_ids(trace_id) & {ledger_key(s) for s in spans}
-            except DeliveryError as error:
-                if not error.transient:
-                    raise
-                report.transient, report.unsent = error, [s for s in spans if ledger_key(s) not in done]
-                report.skipped = sorted(done)
-                return report
-            self.ledger.record(trace_id, present - done)
+        done, doubtful = self.ledger.lookup(trace_id, [ledger_key(s) for s in spans])
+        held: dict[str, float] = {}
+        why = ""
+        if doubtful:
+            present, held, why = self._check(trace_id, doubtful, keep_alive)
+            self.ledger.record(trace_id, present)
             done |= present
         report.skipped = sorted(done)
-        pending = [s for s in spans if ledger_key(s) not in done]
+        pending = [s for s in spans if ledger_key(s) not in done and ledger_key(s) not in held]
         batches = list(self._batches(pending))
         for index, batch in enumerate(batches):
             try:
@@ -118,7 +139,43 @@ class Delivery:
                 for rest in batches[index + 1:]:
                     report.rejected.append((rest, error))
                 break
+        if held:
+            report.unsent += [s for s in spans if ledger_key(s) in held]
+            if report.transient is None:
+                oldest = min(held.values())
+                report.transient = DeliveryError(
+                    f"{len(held)} span(s) sent {self.clock() - oldest:.0f} s ago may be stored: not confirmed by "
+                    f"Langfuse ({why}); asking again before sending them again", transient=True)
         return report
+
+    def _check(self, trace_id: str, doubtful: dict[str, float],
+               keep_alive: Callable[[], None]) -> tuple[set[str], dict[str, float], str]:
+        """Of spans whose last send ended in doubt: (those Langfuse has, those still to hold back,
+        why they are held). The rest is to be sent again."""
+        try:
+            keep_alive()
+            presence = self.transport.existing_span_ids(trace_id)
+        except DeliveryError as error:
+            presence, why = None, f"its observations listing did not answer: {error.message[:200]}"
+        else:
+            why = "its v1 observations listing, which may lag, does not show them yet"
+        now = self.clock()
+        present = {key for key in doubtful if presence is not None and key in presence.span_ids}
+        held: dict[str, float] = {}
+        resend: list[str] = []
+        for key, sent_at in doubtful.items():
+            if key in present:
+                continue
+            if (presence is not None and presence.realtime) or now - sent_at >= self.in_doubt_wait:
+                resend.append(key)
+            else:
+                held[key] = sent_at
+        unconfirmed = [key for key in resend if presence is None or not presence.realtime]
+        if unconfirmed:
+            log.warning("trace %s: sending %d in-doubt span(s) again after %.0f s without a confirmation (%s); "
+                        "if Langfuse stored the first send, it now has two copies", trace_id, len(unconfirmed),
+                        self.in_doubt_wait, why)
+        return present, held, why
 
     def _batches(self, spans: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         batch: list[dict[str, Any]] = []
@@ -136,9 +193,13 @@ class Delivery:
     def _send_span_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport,
                          keep_alive: Callable[[], None]) -> None:
         keep_alive()
+        keys = [ledger_key(s) for s in batch]
+        self.ledger.doubt(trace_id, keys, self.clock())  # unmarked below once the answer says
         try:
             self.transport.export(batch)
         except DeliveryError as error:
+            if not error.in_doubt:
+                self.ledger.settle(trace_id, keys)
             if error.transient:
                 raise _Stop(error) from error
             if error.reason in (REJECTED, TOO_LARGE) and len(batch) > 1:
@@ -153,7 +214,6 @@ class Delivery:
                     return
             report.rejected.append((batch, error))
             return
-        keys = [ledger_key(s) for s in batch]
         self.ledger.record(trace_id, keys)
         report.accepted.extend(keys)
 
@@ -176,12 +236,20 @@ class Delivery:
 
     def _send_score_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport,
                           keep_alive: Callable[[], None]) -> None:
+        if len(batch) > 1 and self.transport.one_score_per_request:
+            for score in batch:
+                self._send_score_batch(trace_id, [score], report, keep_alive)
+            return
         keep_alive()
         try:
             outcome = self.transport.post_scores(batch)
         except DeliveryError as error:
             if error.transient:
                 raise _Stop(error) from error
+            if error.reason == ONE_SCORE_PER_REQUEST:  # the transport switched: the same scores, one by one
+                for score in batch:
+                    self._send_score_batch(trace_id, [score], report, keep_alive)
+                return
             if error.reason == REJECTED and len(batch) > 1:
                 for score in batch:
                     self._send_score_batch(trace_id, [score], report, keep_alive)

@@ -8,8 +8,12 @@ to the poison stream after `max_deliveries`, added there before it is acknowledg
 
 Every `sweep_interval` it also wakes runs nobody is working on: runs silent for `idle_timeout`
 (their producer died; the job closes them as aborted), runs with entries or deliveries waiting
-longer than they should (a job was lost), and trims the stream below the oldest unacknowledged
-entry.
+longer than they should (a job was lost), trims the stream below the oldest unacknowledged
+entry, and removes the consumers of dispatchers that died once their entries were claimed.
+
+A run id reused by a second run (another `inst`) is filed under a run key of its own and said
+so in the log; `status` counts such run ids. A lost Redis never ends a dispatcher: it waits with
+backoff and goes on.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import time
 import uuid
 import redis
 
-from codex_langfuse.ingest import connections
+from codex_langfuse.ingest import connections, metrics
 from codex_langfuse.ingest.entries import Entry, InvalidEntry
+from codex_langfuse.ingest.registry import Heartbeat, Registry, describe
 from codex_langfuse.ingest.wake import enqueue_runs
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.settings import Settings
@@ -39,7 +44,9 @@ class Dispatcher:
         self.redis = connection or connections.redis_client(settings)
         self.keys = connections.keys(settings)
         self.queue = connections.queue(settings, self.redis)
-        self.store = RunStore(self.redis, self.keys, settings.lease_seconds, settings.done_ttl)
+        self.store = RunStore(self.redis, self.keys, settings.lease_seconds, settings.done_ttl,
+                              id_ttl=settings.ledger_ttl + settings.done_ttl)
+        self.registry = Registry(self.redis, self.keys)
         self.stream = settings.stream
         self.group = self.keys.group
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -86,17 +93,24 @@ class Dispatcher:
         now = time.time()
         runs: list[str] = []
         poison: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        parsed: list[Entry] = []
+        for entry_id, fields in entries:
+            try:
+                parsed.append(Entry.from_stream(fields))
+            except InvalidEntry as exc:
+                poison.append((entry_id, fields, f"invalid entry: {exc}"))
+        run_keys, reused = self.store.run_keys(parsed, now) if parsed else ([], set())
         with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id, fields in entries:
-                try:
-                    entry = Entry.from_stream(fields)
-                except InvalidEntry as exc:
-                    poison.append((entry_id, fields, f"invalid entry: {exc}"))
-                    continue
-                self.store.file(pipe, entry, now)
-                if entry.run not in runs:
-                    runs.append(entry.run)
+            for entry, key in zip(parsed, run_keys):
+                self.store.file(pipe, key, entry, now)
+                if key not in runs:
+                    runs.append(key)
             pipe.execute()
+        if self.store.note_reused(reused, now):
+            for run in sorted(reused):
+                metrics.runs_reused.inc()
+                log.warning("run id %s was reused by another run: each is delivered complete, with observations "
+                            "of its own, to the same trace; give every run its own id", run)
         self.counts["jobs"] += enqueue_runs(self.store, self.queue, runs)
         self._poison(poison)
         poisoned = {entry_id for entry_id, _, _ in poison}
@@ -104,6 +118,7 @@ class Dispatcher:
         if good:
             self.redis.xack(self.stream, self.group, *good)
         self.counts["filed"] += len(good)
+        metrics.entries_filed.inc(len(good))
 
     def _poison(self, entries: list[tuple[bytes, dict[bytes, bytes], str]]) -> None:
         """Move entries aside: add to the poison stream first, then acknowledge."""
@@ -115,6 +130,7 @@ class Dispatcher:
             pipe.xack(self.stream, self.group, *[e[0] for e in entries])
             pipe.execute()
         self.counts["poisoned"] += len(entries)
+        metrics.entries_poisoned.inc(len(entries))
         for entry_id, _, reason in entries:
             log.error("stream entry %s moved to %s: %s", entry_id.decode(), self.keys.poison, reason)
 
@@ -122,6 +138,7 @@ class Dispatcher:
 
     def sweep(self) -> None:
         self._last_sweep = time.monotonic()
+        self.observe_stream()
         self.claim_abandoned()
         now = time.time()
         settings = self.settings
@@ -134,6 +151,7 @@ class Dispatcher:
         if runs:
             self.counts["jobs"] += enqueue_runs(self.store, self.queue, runs)
         self.trim()
+        self.remove_dead_consumers()
 
     def claim_abandoned(self) -> None:
         """Take over entries a dead dispatcher read but never acknowledged."""
@@ -179,21 +197,58 @@ class Dispatcher:
             floor = f"{ms}-{int(seq) + 1}"
         self.redis.xtrim(self.stream, minid=floor, approximate=False)
 
+    def remove_dead_consumers(self) -> None:
+        """Remove the consumers of dispatchers whose heartbeat stopped, once nothing is pending on
+        them (their entries were claimed by `claim_abandoned`)."""
+        try:
+            consumers = self.redis.xinfo_consumers(self.stream, self.group)
+        except redis.ResponseError:
+            return
+        live = {entry["name"] for entry in self.registry.alive("dispatcher")}
+        for consumer in consumers:
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+            if name == self.name or name in live or consumer["pending"]:
+                continue
+            if consumer.get("idle", 0) < self.settings.claim_min_idle_ms:
+                continue  # a dispatcher just starting, not registered yet
+            self.redis.xgroup_delconsumer(self.stream, self.group, name)
+            log.info("removed consumer %s of a dispatcher that is gone", name)
+
+    def observe_stream(self) -> None:
+        """The stream's lag and pending entries, for the metrics."""
+        try:
+            group = next((g for g in self.redis.xinfo_groups(self.stream)
+                          if g["name"].decode() == self.group), None)
+        except redis.ResponseError:
+            return
+        if group is not None:
+            metrics.stream_lag.set(group.get("lag") or 0)
+            metrics.stream_pending.set(group.get("pending") or 0)
+
     # ---- forever ----
 
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
-        self.ensure_group()
-        log.info("dispatcher %s reading %s (group %s)", self.name, self.stream, self.group)
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self.run_once()
-                backoff = 0.5
-            except redis.RedisError as exc:
-                if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
-                    self.ensure_group()
-                    continue
-                log.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        backoff = connections.Backoff(stop=stop)
+        heartbeat = Heartbeat(self.registry, describe(self.settings, "dispatcher", self.name)).start()
+        started = False
+        try:
+            while not stop.is_set():
+                try:
+                    if not started:
+                        self.ensure_group()
+                        log.info("dispatcher %s reading %s (group %s)", self.name, self.stream, self.group)
+                        started = True
+                    self.run_once()
+                    backoff.reset()
+                except redis.RedisError as exc:
+                    if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                        self.ensure_group()  # Redis came back empty: the group is made again
+                        continue
+                    delay = backoff.next()
+                    metrics.redis_reconnects.labels("dispatcher").inc()
+                    log.warning("Redis at %s unavailable (%s); trying again in %.1f s",
+                                connections.safe_url(self.settings.redis_url), exc, delay)
+                    backoff.sleep(delay)
+        finally:
+            heartbeat.stop()

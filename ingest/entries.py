@@ -2,18 +2,38 @@
 
 The dispatcher turns each stream entry into an `Entry` and files it in its run's log; workers
 read entries back from there. `pack`/`unpack` is the compact JSON kept in the run log.
+
+A run's books are kept under its *run key*: the run id for the first instance of a run id, and
+`<run id>/<inst>` for a later one that reused the id (`/` is never part of a run id), so two runs
+with one id never share a log (`run_key`, `split_run_key`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from codex_langfuse.producer.entries import F_DATA, F_KIND, F_RUN, F_SEQ, F_TRUNC, F_TS, is_valid_run_id
+from codex_langfuse.producer.entries import F_DATA, F_INST, F_KIND, F_RUN, F_SEQ, F_TRUNC, F_TS, is_valid_run_id
+
+# What an `inst` may be: the producer sends 16 lowercase hex; anything key-safe is taken.
+INST_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The instance of entries that carry no `inst` (a producer that does not send one).
+NO_INST = "-"
 
 
+def run_key(run: str, inst: str | None, first_inst: str) -> str:
+    """Where an entry of instance `inst` is filed, given the instance that used the run id first."""
+    inst = inst or NO_INST
+    return run if inst == first_inst else f"{run}/{inst}"
+
+
+def split_run_key(key: str) -> tuple[str, str | None]:
+    """(run id, instance) of a run key; the instance is None for a run id's first instance."""
+    run, _, inst = key.partition("/")
+    return run, inst or None
 
 class InvalidEntry(ValueError):
     """A stream entry that cannot be filed under a run (no usable run id or sequence number)."""
@@ -29,12 +49,20 @@ class Entry(BaseModel):
     data: str = ""
     binary: bool = False  # the line was not valid UTF-8 (decoded with replacement characters)
     trunc: int | None = None  # original length in bytes when the producer cut the line
+    inst: str | None = None  # the run instance, when the producer sends one
 
     @field_validator("run")
     @classmethod
     def _run_id(cls, value: str) -> str:
         if not is_valid_run_id(value):
             raise ValueError("run id must be 1-128 characters of [A-Za-z0-9._:-]")
+        return value
+
+    @field_validator("inst")
+    @classmethod
+    def _inst(cls, value: str | None) -> str | None:
+        if value is not None and not INST_PATTERN.fullmatch(value):
+            raise ValueError("inst must be 1-64 characters of [A-Za-z0-9._-]")
         return value
 
     @field_validator("seq")
@@ -66,6 +94,7 @@ class Entry(BaseModel):
                 data=data,
                 binary=binary,
                 trunc=int(text(F_TRUNC)) if text(F_TRUNC) else None,
+                inst=text(F_INST) or None,
             )
         except (ValueError, ValidationError) as exc:
             raise InvalidEntry(str(exc).splitlines()[0]) from None
@@ -79,11 +108,13 @@ class Entry(BaseModel):
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def unpack(cls, run: str, seq: int, packed: str | bytes) -> "Entry":
+    def unpack(cls, key: str, seq: int, packed: str | bytes) -> "Entry":
+        """The entry filed as `seq` in the log of run key `key`."""
         body = json.loads(packed)
+        run, inst = split_run_key(key)
         return cls(
             run=run, seq=seq, ts=body["t"], kind=body["k"], data=body["d"],
-            binary=bool(body.get("b")), trunc=body.get("x"),
+            binary=bool(body.get("b")), trunc=body.get("x"), inst=inst,
         )
 
     def payload(self) -> dict[str, Any]:

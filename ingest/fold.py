@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from codex_langfuse.ingest import current_format, legacy_format, rollout_format
-from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.entries import Entry, split_run_key
 from codex_langfuse.ingest.events import Format, Usage, first_line, parse_line
-from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, score_id
+from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, root_id, score_id
 from codex_langfuse.ingest.pricing import usage_buckets
 from codex_langfuse.ingest.state import Counters, FoldContext, HeldError, OpenItem, RunState
+from codex_langfuse.producer.entries import normalize_environment, parse_traceparent
 
 __all__ = ["Counters", "FoldContext", "FoldResult", "Folder", "OpenItem", "RunState", "close", "fold", "new_state",
            "skip_gap"]
 
 MAX_TRACKED_PATHS = 1000
+MAX_STDERR_CHARS = 8000  # the tail of Codex's stderr kept on the root observation
+LATE_CONTENT_CHARS = 32_000
+MAX_SKIPPED_RANGES = 100
 # Formats whose stream just ends (no turn.completed/turn.failed): ending is not aborting there.
 NO_TERMINAL_EVENT = (Format.LEGACY, Format.EXPERIMENTAL)
 # The head of an `item.completed` line cut by the producer: enough to close the item it completes.
@@ -43,8 +47,10 @@ class FoldResult:
     thread_totals: dict[str, Usage] = field(default_factory=dict)
 
 
-def new_state(run_id: str) -> RunState:
-    return RunState(run_id=run_id)
+def new_state(run_key: str) -> RunState:
+    """The state of a run not folded yet; `run_key` as filed (`entries.run_key`)."""
+    run_id, instance = split_run_key(run_key)
+    return RunState(run_id=run_id, instance=instance)
 
 
 class Folder:
@@ -54,15 +60,18 @@ class Folder:
         self.state = state
         self.ctx = context
         self.result = FoldResult(state=state)
+        if state.environment is None:
+            # the worker's default, fixed when the run is first folded: the run keeps it
+            state.environment = context.environment
 
     # ---- identity and trace attributes ----
 
     def oid(self, key: str) -> str:
-        return observation_id(self.state.run_id, key)
+        return observation_id(self.state.seed, key)
 
     @property
     def root_id(self) -> str:
-        return self.oid("root")
+        return root_id(self.state.seed)
 
     @property
     def prompt(self) -> Any:
@@ -76,9 +85,34 @@ class Folder:
     def model(self) -> str | None:
         return self.state.meta.get("model") or self.state.stream_model
 
-    def trace(self, final: bool = False) -> TraceAttributes:
+    @property
+    def model_parameters(self) -> dict[str, Any]:
+        """Reasoning effort and summary, service tier, sandbox and approval policy: what the
+        producer read from Codex's arguments and config, then what the stream itself says."""
+        given = self.state.meta.get("model_parameters")
+        return {**(given if isinstance(given, dict) else {}), **self.state.stream_parameters}
+
+    @property
+    def joined(self) -> bool:
+        """The run joined a caller's trace (a `parent` in its start entry)."""
+        return self.state.parent is not None
+
+    @property
+    def sets_trace(self) -> bool:
+        """Whether the run sets its trace's name, metadata, input and output: always in a trace of
+        its own; in a caller's trace only when asked (they are the caller's)."""
+        return not self.joined or bool(self.state.meta.get("set_trace_attributes"))
+
+    @property
+    def run_name(self) -> str:
+        return str(self.state.meta.get("name") or self.ctx.trace_name)
+
+    def run_metadata(self) -> dict[str, Any]:
+        """The trace's metadata (the run's root's own, in a caller's trace)."""
         meta = self.state.meta
         metadata: dict[str, Any] = {"run_id": self.state.run_id}
+        if self.state.instance is not None:
+            metadata["run_instance"] = self.state.instance
         for key in ("codex_version", "cwd", "repository", "branch", "commit", "producer"):
             if meta.get(key):
                 metadata[key] = meta[key]
@@ -88,19 +122,28 @@ class Folder:
             metadata["thread_id"] = self.state.thread_id
         if isinstance(meta.get("metadata"), dict):
             metadata.update(meta["metadata"])
-        if final and self.state.end is not None:
+        if self.state.end is not None:
             metadata["exit_code"] = self.state.end.get("exit_code")
             if self.state.end.get("signal") is not None:
                 metadata["signal"] = self.state.end.get("signal")
+        return metadata
+
+    def trace(self, root: bool = False) -> TraceAttributes:
+        """The trace attributes of a span; `root`: of the run's root, which alone carries the
+        trace's metadata (and, when a joined run sets them, its input and output)."""
+        meta = self.state.meta
         tags = meta.get("tags") or ()
+        own = self.sets_trace
         return TraceAttributes(
-            name=str(meta.get("name") or self.ctx.trace_name),
+            name=self.run_name if own else None,
             user_id=meta.get("user_id"),
             session_id=meta.get("session_id") or self.state.thread_id,
             tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (),
-            environment=meta.get("environment") or self.ctx.environment,
-            release=meta.get("codex_version"),
-            metadata=metadata,
+            environment=self.state.environment,
+            release=meta.get("release") or self.ctx.release or meta.get("codex_version"),
+            metadata=self.run_metadata() if root and own else {},
+            input=self.prompt if root and own and self.joined else None,
+            output=self.state.final_message if root and own and self.joined else None,
         )
 
     # ---- emitting ----
@@ -129,16 +172,19 @@ class Folder:
 
     def score(self, name: str, value: float | str, data_type: str, at_us: int, comment: str | None = None,
               metadata: dict[str, Any] | None = None) -> None:
+        # A run that shares its trace (a caller's, or its run id's with an earlier run) scores its root.
+        on_root = self.root_id if self.joined or self.state.instance is not None else None
         self.result.scores.append(
             Score(
-                id=score_id(self.state.trace_id, name),
+                id=score_id(self.state.trace_id, name, on_root),
                 trace_id=self.state.trace_id,
+                observation_id=on_root,
                 name=name,
                 value=value,
                 data_type=data_type,
                 timestamp_us=at_us,
                 comment=comment,
-                environment=self.trace().environment,
+                environment=self.state.environment,
                 metadata=metadata or {},
             )
         )
@@ -208,7 +254,8 @@ class Folder:
             price = None
             if self.ctx.prices is not None and model:
                 price = self.ctx.prices.price(
-                    model, usage_details, service_tier=self.state.meta.get("service_tier"),
+                    model, usage_details,
+                    service_tier=self.state.meta.get("service_tier") or self.model_parameters.get("service_tier"),
                     # Unknown request sizes: price at the standard tier rather than take a turn's
                     # sum of many requests for one long-context request.
                     request_input_tokens=request_input_tokens if request_input_tokens is not None else 0,
@@ -218,6 +265,7 @@ class Folder:
                 )
             if price is not None:
                 cost_details = price.cost_details
+                self.state.cost += float(cost_details.get("total") or 0.0)
                 metadata.update(pricing_source=price.source, pricing_model=price.model,
                                 pricing_tier=price.tier, pricing_version=price.table_version)
                 if price.effective_from is not None:
@@ -227,26 +275,29 @@ class Folder:
         if model is None:
             metadata["model_note"] = "Codex does not print the model; pass --model to price this run"
         self.emit(key, "generation", name, start_us, end_us, model=model, usage_details=usage_details,
-                  cost_details=cost_details, metadata=metadata, **fields)
+                  cost_details=cost_details, metadata=metadata, model_parameters=self.model_parameters or None,
+                  **fields)
 
     # ---- entries ----
 
     def apply(self, entry: Entry) -> None:
         state = self.state
         if entry.seq < state.next_seq:
-            return  # already folded (a redelivered entry)
+            self.stale(entry)
+            return
         state.next_seq = entry.seq + 1
         if state.closed:
-            if entry.kind == "score":
-                self.apply_score(entry)
-            else:
-                state.counters.late_entries += 1
+            self.late(entry)
             return
         if state.started_us is None:
             state.started_us = entry.ts
         state.last_us = max(state.last_us or entry.ts, entry.ts)
         if entry.kind in ("start", "meta"):
-            self.apply_meta(entry.payload())
+            payload = entry.payload()
+            if entry.kind == "start" and parse_traceparent(payload.get("parent")):
+                # only the start entry places the run: its spans must not change trace midway
+                state.parent = payload["parent"].strip()
+            self.apply_meta(payload)
         elif entry.kind == "line":
             self.apply_line(entry)
         elif entry.kind == "score":
@@ -258,17 +309,58 @@ class Folder:
                 "signal": payload.get("signal"),
                 "reason": payload.get("reason") or "exited",
             }
+            if isinstance(payload.get("stderr"), str) and payload["stderr"].strip():
+                state.end["stderr"] = payload["stderr"][-MAX_STDERR_CHARS:]
             self.close(entry.ts)
         else:
             self.warning(f"entry/{entry.seq}", "unknown_entry", entry.ts, f"unknown entry kind {entry.kind!r}",
                          output=entry.data[:2000])
+
+    # ---- entries that come after their time ----
+
+    def stale(self, entry: Entry) -> None:
+        """An entry below the next sequence number: a copy of one folded already (a spool sent
+        again), unless its number was given up as lost, or it was read after a closed run ended
+        (a producer that sends no `inst` reused the run id): then it is late, not a copy."""
+        state = self.state
+        skipped = any(first <= entry.seq <= last for first, last in state.skipped)
+        if skipped or (state.closed and entry.ts > (state.last_us or 0)):
+            self.late(entry)
+
+    def late(self, entry: Entry) -> None:
+        """An entry for a run already closed, or after its gap was given up: it never re-opens
+        the run. A score is still applied; content is kept as a `late_entry` event."""
+        if entry.kind == "score":
+            self.apply_score(entry)
+            return
+        self.state.counters.late_entries += 1
+        if entry.kind == "line":
+            content: Any = entry.data or None
+        else:
+            content = entry.payload() or None  # an empty `meta` is a heartbeat: nothing to keep
+        if content is None:
+            return
+        when = "after the run was closed" if self.state.closed else "after it was given up as lost"
+        self.event(f"late/{entry.seq}/{entry.ts}", "late_entry", entry.ts, level="WARNING",
+                   output=content if not isinstance(content, str) else content[:LATE_CONTENT_CHARS],
+                   status_message=f"{entry.kind} entry #{entry.seq} arrived {when}",
+                   metadata={"seq": entry.seq, "kind": entry.kind})
 
     def apply_meta(self, payload: dict[str, Any]) -> None:
         meta = self.state.meta
         for key, value in payload.items():
             if value is None:
                 continue
-            if key == "metadata" and isinstance(value, dict):
+            if key == "parent":
+                continue
+            if key == "environment":
+                # Langfuse's rule, for producers that did not apply it (another language's); one it
+                # would turn into `default` leaves the run in the worker's environment
+                try:
+                    self.state.environment = meta["environment"] = normalize_environment(value)
+                except ValueError:
+                    pass
+            elif key == "metadata" and isinstance(value, dict):
                 meta["metadata"] = {**(meta.get("metadata") or {}), **value}
             elif key == "tags" and isinstance(value, list):
                 meta["tags"] = list(dict.fromkeys([*(meta.get("tags") or []), *map(str, value)]))
@@ -373,8 +465,9 @@ class Folder:
         if state.end is None:
             state.end = {"exit_code": None, "signal": None, "reason": reason or "idle"}
         level, status = self.root_level()
-        trace = self.trace(final=True)
-        metadata: dict[str, Any] = {
+        trace = self.trace(root=True)
+        metadata: dict[str, Any] = {} if self.sets_trace else self.run_metadata()
+        metadata |= {
             "format": state.format.value if state.format else None,
             "outcome": state.outcome,
             "end_reason": state.end.get("reason"),
@@ -385,9 +478,15 @@ class Folder:
         }
         if state.files:
             metadata["files_changed"] = state.files
+        stderr = state.end.get("stderr")
+        if stderr:
+            metadata["stderr"] = stderr
+            if level == "ERROR":
+                # Codex says why it did not run on stderr ("Not inside a trusted directory …")
+                status = f"{status}; codex stderr: {last_line(stderr)}"
         state.closed = True
-        self.emit("root", "agent", trace.name, state.started_us or at_us, at_us, parent_id=None, trace=trace,
-                  input=self.prompt, output=state.final_message, level=level, status_message=status,
+        self.emit("root", "agent", self.run_name, state.started_us or at_us, at_us, parent_id=state.parent_span_id,
+                  trace=trace, input=self.prompt, output=state.final_message, level=level, status_message=status,
                   metadata=metadata)
         self.derived_scores(at_us)
 
@@ -455,4 +554,12 @@ def skip_gap(state: RunState, to_seq: int, at_us: int, context: FoldContext) -> 
                        metadata={"first_seq": state.next_seq, "count": lost})
     folder.state.next_seq = to_seq
     folder.state.gap_since = None
+    if len(folder.state.skipped) < MAX_SKIPPED_RANGES:
+        folder.state.skipped.append((state.next_seq, to_seq - 1))
     return folder.result
+
+
+def last_line(text: str) -> str:
+    """The last line with something on it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""

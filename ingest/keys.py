@@ -28,7 +28,17 @@ class Keys:
     def delivery(self, run: str) -> str:  # HASH attempts, first/last failure, next attempt, in flight
         return f"{self.prefix}:run:{run}:delivery"
 
+    def first_instance(self, run: str) -> str:  # STRING: the instance that used a run id first
+        return f"{self.prefix}:run:{run}:first"
+
+    def trace_run(self, trace: str) -> str:  # STRING: the run id of a trace id (for `score TRACE_ID`)
+        return f"{self.prefix}:trace:{trace}:run"
+
     # across runs
+    @property
+    def reused(self) -> str:  # ZSET run id -> when a second run instance reused it
+        return f"{self.prefix}:runs:reused"
+
     @property
     def active(self) -> str:  # ZSET run -> time of its last entry (open runs)
         return f"{self.prefix}:runs:active"
@@ -47,8 +57,11 @@ class Keys:
     def thread_claims(self, thread: str) -> str:  # HASH run -> "start end" µs: who counts a thread's turns
         return f"{self.prefix}:thread:{thread}:claims"
 
-    def ledger(self, trace: str) -> str:  # SET of what Langfuse accepted for a trace
-        return f"{self.prefix}:ledger:{trace}"
+    def ledger(self, destination: str, trace: str) -> str:  # SET of what a destination accepted for a trace
+        return f"{self.prefix}:ledger:{destination}:{trace}"
+
+    def doubts(self, destination: str, trace: str) -> str:  # HASH span id -> when a send whose outcome is unknown began
+        return f"{self.prefix}:ledger:{destination}:{trace}:doubts"
 
     @property
     def dead_letters(self) -> str:  # HASH id -> DeadLetter JSON
@@ -65,6 +78,13 @@ class Keys:
     @property
     def poison(self) -> str:  # STREAM of stream entries the dispatcher could not file
         return f"{self.prefix}:events:poison"
+
+    @property
+    def processes(self) -> str:  # HASH name -> registration JSON of a worker or dispatcher
+        return f"{self.prefix}:processes"
+
+    def alive(self, name: str) -> str:  # STRING with a short TTL, renewed by the process's heartbeat
+        return f"{self.prefix}:process:{name}:alive"
 
     @property
     def group(self) -> str:  # consumer group of the dispatchers on the event stream

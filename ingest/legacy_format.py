@@ -17,8 +17,10 @@ from codex_langfuse.ingest.events import Format, LegacyTokenUsage, Line
 from codex_langfuse.ingest.state import Folder, OpenItem
 
 
-HEADER_META = {"workdir": "cwd", "provider": "provider", "reasoning effort": "reasoning_effort",
-               "sandbox": "sandbox", "approval": "approval"}
+HEADER_META = {"workdir": "cwd", "provider": "provider"}
+# The header's settings shown as the generations' model parameters (names as the producer gives them).
+HEADER_PARAMETERS = {"reasoning effort": "reasoning_effort", "reasoning summaries": "reasoning_summary",
+                     "sandbox": "sandbox_mode", "approval": "approval_policy"}
 # Streaming fragments whose content arrives again, whole, in a later event.
 IGNORED = {
     "exec_command_output_delta", "agent_message_delta", "agent_reasoning_delta",
@@ -38,6 +40,9 @@ def apply(folder: Folder, line: Line, entry: Entry) -> None:
         for key, meta_key in HEADER_META.items():
             if obj.get(key) is not None and not state.meta.get(meta_key):
                 state.meta[meta_key] = obj[key]
+        for key, name in HEADER_PARAMETERS.items():
+            if isinstance(obj.get(key), str) and obj[key]:
+                state.stream_parameters[name] = obj[key]
         return
     msg = obj.get("msg") if isinstance(obj.get("msg"), dict) else {}
     kind = str(msg.get("type", ""))

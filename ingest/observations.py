@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from codex_langfuse.producer.entries import trace_id
 
-__all__ = ["Observation", "Score", "TraceAttributes", "observation_id", "score_id", "trace_id"]
+__all__ = ["Observation", "Score", "TraceAttributes", "observation_id", "root_id", "score_id", "trace_id"]
 
 ObservationType = Literal["agent", "generation", "tool", "event", "span", "chain"]
 Level = Literal["DEBUG", "DEFAULT", "WARNING", "ERROR"]
@@ -25,23 +25,37 @@ def observation_id(run_id: str, key: str) -> str:
     return hashlib.sha256(f"{run_id}/{key}".encode()).digest()[:8].hex()
 
 
-def score_id(trace: str, name: str) -> str:
-    # Langfuse overwrites a score whose id, name and timestamp date match: re-sending is safe.
-    return f"{trace}-{name}"
+def root_id(run_id: str) -> str:
+    """The id of a run's root `agent` observation."""
+    return observation_id(run_id, "root")
+
+
+def score_id(trace: str, name: str, observation: str | None = None) -> str:
+    """Stable, so the ledger knows a score was sent and Langfuse replaces rather than adds a row
+    sent again (servers up to v4.16 replace per id, name and the day it was received). A run in a
+    trace of its own: `<trace id>-<name>`. A run that shares its trace with others (it joined a
+    caller's trace, or reused a run id): its root observation's id keeps the score its own."""
+    return f"{trace}-{observation}-{name}" if observation else f"{trace}-{name}"
 
 
 class TraceAttributes(BaseModel):
-    """Trace-level attributes, repeated on every span so any span can create the trace."""
+    """Trace-level attributes of one span. Langfuse stores name, user, session, tags, release and
+    environment per row and filters on each row's own, so every span carries them; it reads the
+    trace's metadata from the root row only and merges a span's trace metadata into that span's
+    own metadata, so only the run's root carries `metadata`. A run that joined a caller's trace
+    leaves the name (None), metadata, input and output to the caller unless asked to set them."""
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
+    name: str | None
     user_id: str | None = None
     session_id: str | None = None
     tags: tuple[str, ...] = ()
     environment: str | None = None
     release: str | None = None
     metadata: dict[str, Any] = {}
+    input: Any = None  # the trace's input and output as attributes of their own: only when a run
+    output: Any = None  # that joined a caller's trace was asked to set them
 
 
 class Observation(BaseModel):
@@ -61,6 +75,7 @@ class Observation(BaseModel):
     status_message: str | None = None
     metadata: dict[str, Any] = {}
     model: str | None = None
+    model_parameters: dict[str, Any] | None = None
     usage_details: dict[str, int] | None = None
     cost_details: dict[str, float] | None = None
 
@@ -73,7 +88,8 @@ class Score(BaseModel):
     name: str
     value: float | str
     data_type: ScoreType
-    timestamp_us: int
+    timestamp_us: int  # Langfuse up to v4.16 ignores it and keeps the time it received the score
+    observation_id: str | None = None  # a run that joined a caller's trace scores its root there
     comment: str | None = None
     environment: str | None = None
     metadata: dict[str, Any] = {}

@@ -2,6 +2,9 @@
 
 A span is built once, when its observation is complete, and stored in this form: what goes to
 the outbox, the dead letters and a replay is exactly what Langfuse receives.
+
+Langfuse stores metadata values raw and its metadata filters compare the raw text, so a string
+is sent as itself and only other values as JSON (its read path decodes those).
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ STATUS_ERROR = 2
 SPAN_KIND_INTERNAL = 1
 # Metadata that carries captured content (paths, fields we pass through unread): left out
 # with the inputs and outputs when content capture is off.
-CONTENT_METADATA = frozenset({"files_changed", "extra_fields", "usage_extra_fields", "explanation", "cwd"})
+CONTENT_METADATA = frozenset({"files_changed", "extra_fields", "usage_extra_fields", "explanation", "cwd", "stderr"})
+# Read by Langfuse's ingestion (`langfuse.trace.input`/`.output`) though the 5.x SDK no longer names them.
+TRACE_INPUT = "langfuse.trace.input"
+TRACE_OUTPUT = "langfuse.trace.output"
 
 
 def _json(value: Any) -> str:
@@ -33,14 +39,9 @@ def _io(value: Any) -> str:
 
 
 def _metadata_value(policy: ContentPolicy, key: str, value: Any) -> str:
-    """JSON, always: Langfuse decodes metadata values, so an oversized one becomes a JSON
-    string of its cut text rather than cut JSON."""
-    text = _json(policy.clean({key: value})[key])
-    if len(text) <= policy.max_field_chars:
-        return text
-    cut = policy.cap(text)
-    escaping = len(_json(cut)) - len(cut)  # quotes and escapes the encoding adds
-    return _json(policy.cap(text, max(policy.max_field_chars - escaping, 1)))
+    """A string as itself, anything else as JSON; cut to the field cap (a cut JSON value then
+    shows as text)."""
+    return policy.cap(_io(policy.clean({key: value})[key]))
 
 
 def _string(key: str, value: str) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def encode_span(obs: Observation, policy: ContentPolicy) -> dict[str, Any]:
         if value is not None and (policy.capture or key not in CONTENT_METADATA):
             put(f"{A.OBSERVATION_METADATA}.{key}", _metadata_value(policy, key, value))
     put(A.OBSERVATION_MODEL, obs.model)
+    if obs.model_parameters:
+        put(A.OBSERVATION_MODEL_PARAMETERS, _json(obs.model_parameters))
     if obs.usage_details is not None:
         put(A.OBSERVATION_USAGE_DETAILS, _json(obs.usage_details))
     if obs.cost_details is not None:
@@ -109,6 +112,10 @@ def trace_attributes(trace: TraceAttributes, policy: ContentPolicy) -> list[dict
     for name, value in trace.metadata.items():
         if value is not None and (policy.capture or name not in CONTENT_METADATA):
             attributes.append(_string(f"{A.TRACE_METADATA}.{name}", _metadata_value(policy, name, value)))
+    if policy.capture:
+        for name, value in ((TRACE_INPUT, trace.input), (TRACE_OUTPUT, trace.output)):
+            if value is not None:
+                attributes.append(_string(name, policy.cap(_io(policy.clean(value)))))
     if len(cache) >= 256:
         cache.clear()
     cache[key] = attributes

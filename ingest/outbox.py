@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from codex_langfuse.ingest import metrics
 from codex_langfuse.ingest.context import WorkerContext
 from codex_langfuse.ingest.deadletters import DeadLetter
 from codex_langfuse.ingest.delivery import SendReport
@@ -36,9 +37,7 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
     spans, scores = store.outbox(run_id)
     if not spans and not scores:
         return
-    store.mark_in_flight(run_id)
-    in_doubt = previous.in_doubt or previous.in_flight
-    span_report = ctx.delivery.send_spans(trace_id, spans, in_doubt=in_doubt, keep_alive=keep_alive)
+    span_report = ctx.delivery.send_spans(trace_id, spans, keep_alive=keep_alive)
     if span_report.transient is None:
         score_report = ctx.delivery.send_scores(trace_id, scores, keep_alive=keep_alive)
     else:
@@ -78,12 +77,14 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
             retry_in = ctx.retry.delay(attempts, transient.retry_after)
             store.record_failure(pipe, run_id, DeliveryState(
                 attempts=attempts, first_failure=first_failure, last_failure=now, next_attempt_at=now + retry_in,
-                last_error=transient.message, in_doubt=transient.in_doubt or in_doubt,
+                last_error=transient.message,
             ))
         pipe.execute()
     summary.update(delivered=len(span_report.accepted), skipped=len(span_report.skipped),
                    dead_lettered=sum(len(letter.items) for letter in letters))
+    count_delivery(spans, span_report, letters, now)
     if retry_in is not None:
+        metrics.retries.inc()
         summary["retry_in"] = retry_in
         log.warning("run %s: delivery failed (%s), attempt %d, retrying in %.1f s",
                     run_id, transient.message if transient else "", attempts, retry_in)
@@ -91,3 +92,16 @@ def deliver_outbox(ctx: WorkerContext, run_id: str, trace_id: str, summary: dict
     for letter in letters:
         log.error("run %s: %d %s dead-lettered (%s): %s", run_id, len(letter.items), letter.kind, letter.reason,
                   letter.message[:300])
+
+
+def count_delivery(spans: list[dict[str, Any]], report: SendReport, letters: list[DeadLetter], now: float) -> None:
+    accepted = set(report.accepted)
+    metrics.spans_sent.inc(len(accepted) + sum(len(batch) for batch, _ in report.rejected))
+    metrics.spans_accepted.inc(len(accepted))
+    for batch, error in report.rejected:
+        metrics.spans_rejected.labels(error.reason).inc(len(batch))
+    for letter in letters:
+        metrics.dead_letters.labels(letter.reason).inc(len(letter.items))
+    for span in spans:
+        if ledger_key(span) in accepted:
+            metrics.delivery_delay.observe(max(0.0, now - int(span["endTimeUnixNano"]) / 1e9))

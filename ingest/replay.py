@@ -1,9 +1,9 @@
 """`codex-langfuse replay`: send dead letters again, never twice.
 
-For each selected letter: mark it in flight, send what the ledger does not already hold (when a
-previous replay stopped mid-send, first ask Langfuse what it has), record what was accepted in
-the ledger, and only then remove the letter — or keep it with what is still refused. Killed at
-any point and run again, it sends each observation once.
+For each selected letter: send what the ledger does not already hold (a span whose send a
+killed replay left in doubt is first looked up in Langfuse, as `delivery` does), record what was
+accepted in the ledger, and only then remove the letter — or keep it with what is still refused.
+Killed at any point and run again, it sends each observation once.
 """
 
 from __future__ import annotations
@@ -104,10 +104,8 @@ def _alive(pid: int) -> bool:
 
 def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport, keep_alive: Callable[[], None]) -> bool:
     """Replay one letter; True when Langfuse is unreachable and replay should stop."""
-    ctx.dead_letters.add([letter.model_copy(update={"in_flight": True})])
     if letter.kind == "spans":
-        sent: SendReport = ctx.delivery.send_spans(letter.trace_id, letter.items, in_doubt=letter.in_flight,
-                                                   keep_alive=keep_alive)
+        sent: SendReport = ctx.delivery.send_spans(letter.trace_id, letter.items, keep_alive=keep_alive)
     else:
         sent = ctx.delivery.send_scores(letter.trace_id, letter.items, keep_alive=keep_alive)
     report.replayed += len(sent.accepted)
@@ -129,7 +127,6 @@ def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport, ke
         "last_failure": time.time(),
         "reason": letter.reason if sent.transient else sent.rejected[-1][1].reason,
         "message": error.message[:4000],
-        "in_flight": sent.transient is not None and sent.transient.in_doubt,
     })])
     return sent.transient is not None
 

@@ -1,7 +1,9 @@
 """A run's books in Redis: its log of filed entries, its fold state, its outbox of complete
 spans and scores, the lease that lets one worker at a time advance it, and its delivery state.
 
-The dispatcher files entries (`file`), workers fold and deliver (`commit`, `outbox`, ...).
+The dispatcher files entries (`file`) under their run key (`entries.run_key`: one set of books
+per run instance, so a reused run id never mixes two runs), workers fold and deliver (`commit`,
+`outbox`, ...). `run` below is always a run key.
 Every write a fold step makes is one transaction, guarded by the lease: a worker that lost its
 lease (it stalled past the lease time and another took over) commits nothing.
 """
@@ -14,12 +16,13 @@ from typing import Any, Iterable
 
 import redis
 
-from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.entries import NO_INST, Entry, run_key
 from codex_langfuse.ingest.events import Usage
 from codex_langfuse.ingest.items import is_score_slot, slot
 from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.keys import Keys
 from codex_langfuse.ingest.lease import Leases, LeaseLost
+from codex_langfuse.producer.entries import trace_id
 
 @dataclass
 class DeliveryState:
@@ -28,8 +31,6 @@ class DeliveryState:
     last_failure: float | None = None
     next_attempt_at: float | None = None
     last_error: str | None = None
-    in_doubt: bool = False  # the last attempt may have reached Langfuse: ask before re-sending
-    in_flight: bool = False  # an attempt started and never recorded its end (the worker died)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> "DeliveryState":
@@ -43,27 +44,66 @@ class DeliveryState:
             last_failure=num("last_failure"),
             next_attempt_at=num("next_attempt_at"),
             last_error=raw[b"last_error"].decode() if raw.get(b"last_error") else None,
-            in_doubt=raw.get(b"in_doubt") == b"1",
-            in_flight=raw.get(b"in_flight") == b"1",
         )
 
 
 class RunStore:
     def __init__(self, connection: redis.Redis, keys: Keys, lease_seconds: int = 60, done_ttl: int = 7 * 86400,
-                 thread_ttl: int = 30 * 86400):
+                 thread_ttl: int = 30 * 86400, id_ttl: int = 38 * 86400):
         self.redis = connection
         self.keys = keys
         self.done_ttl = done_ttl
         self.thread_ttl = thread_ttl
+        # How long a run id's first instance is remembered: past the ledger's memory of its spans,
+        # or a later run reusing the id would take the first one's span ids and be skipped as sent.
+        self.id_ttl = id_ttl
         self.leases = Leases(connection, lease_seconds)
 
     # ---- dispatcher side ----
 
-    def file(self, pipe: Any, entry: Entry, now: float) -> None:
-        """File one entry under its run (idempotent: a redelivered entry changes nothing)."""
-        pipe.hsetnx(self.keys.log(entry.run), str(entry.seq), entry.pack())
-        pipe.zadd(self.keys.active, {entry.run: now}, gt=True)
-        pipe.zadd(self.keys.backlog, {entry.run: now}, nx=True)
+    def run_keys(self, entries: list[Entry], now: float) -> tuple[list[str], set[str]]:
+        """The run key of each entry, and the run ids a new instance reused in this batch.
+
+        The first instance of a run id to reach Redis keeps the run id as its key (and so its
+        trace and observation ids); a later one gets `<run id>/<inst>`."""
+        claims: dict[str, str] = {}
+        for entry in entries:
+            claims.setdefault(entry.run, entry.inst or NO_INST)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run, inst in claims.items():
+                pipe.set(self.keys.first_instance(run), inst, nx=True, ex=self.id_ttl)
+                pipe.get(self.keys.first_instance(run))
+                pipe.expire(self.keys.first_instance(run), self.id_ttl)
+                pipe.set(self.keys.trace_run(trace_id(run)), run, nx=True, ex=self.id_ttl)
+            answers = pipe.execute()
+        first = {run: answers[i * 4 + 1].decode() for i, run in enumerate(claims)}
+        keys = [run_key(entry.run, entry.inst, first[entry.run]) for entry in entries]
+        reused = {entry.run for entry, key in zip(entries, keys) if key != entry.run}
+        return keys, reused
+
+    def file(self, pipe: Any, key: str, entry: Entry, now: float) -> None:
+        """File one entry under its run key (idempotent: a redelivered entry changes nothing)."""
+        pipe.hsetnx(self.keys.log(key), str(entry.seq), entry.pack())
+        pipe.zadd(self.keys.active, {key: now}, gt=True)
+        pipe.zadd(self.keys.backlog, {key: now}, nx=True)
+
+    def note_reused(self, runs: Iterable[str], now: float) -> int:
+        """Record run ids a second instance reused; returns how many were new to the record."""
+        runs = list(runs)
+        if not runs:
+            return 0
+        return int(self.redis.zadd(self.keys.reused, {run: now for run in runs}, nx=True) or 0)
+
+    def known_run(self, run: str) -> bool:
+        """True when some entry of this run id reached Redis (in the last `id_ttl`)."""
+        return bool(self.redis.exists(self.keys.first_instance(run), self.keys.state(run)))
+
+    def run_of_trace(self, trace: str) -> str | None:
+        value = self.redis.get(self.keys.trace_run(trace))
+        return value.decode() if value is not None else None
+
+    def was_reused(self, run: str) -> bool:
+        return self.redis.zscore(self.keys.reused, run) is not None
 
     def request_wake(self, run: str, ttl: int = 60) -> bool:
         """True when the caller should enqueue a job: none is queued for this run yet."""
@@ -99,6 +139,12 @@ class RunStore:
                 break
             entries.append(Entry.unpack(run, seq, value))
         return entries
+
+    def read_seqs(self, run: str, seqs: list[int]) -> list[Entry]:
+        """The entries filed under these sequence numbers (those still there), in order."""
+        seqs = sorted(seqs)
+        values = self.redis.hmget(self.keys.log(run), [str(s) for s in seqs]) if seqs else []
+        return [Entry.unpack(run, seq, value) for seq, value in zip(seqs, values) if value is not None]
 
     def waiting_after_gap(self, run: str, next_seq: int) -> tuple[int | None, list[int]]:
         """(the lowest filed seq above `next_seq`, seqs below it that were folded already)."""
@@ -144,9 +190,12 @@ class RunStore:
         if outbox:
             pipe.hset(self.keys.outbox(run), mapping=outbox)
 
-    def drop_stale(self, run: str, seqs: list[int]) -> None:
-        if seqs:
-            self.redis.hdel(self.keys.log(run), *[str(s) for s in seqs])
+    def leave_active(self, run: str) -> None:
+        """A closed run is not open, whatever came for it after (the sweep must not wake it)."""
+        self.redis.zrem(self.keys.active, run)
+
+    def has_outbox(self, run: str) -> bool:
+        return bool(self.redis.exists(self.keys.outbox(run)))
 
     def has_unfolded(self, run: str, next_seq: int) -> bool:
         return bool(self.redis.hexists(self.keys.log(run), str(next_seq)))
@@ -162,9 +211,6 @@ class RunStore:
 
     def delivery_state(self, run: str) -> DeliveryState:
         return DeliveryState.from_hash(self.redis.hgetall(self.keys.delivery(run)))
-
-    def mark_in_flight(self, run: str) -> None:
-        self.redis.hset(self.keys.delivery(run), "in_flight", "1")
 
     def settle(self, pipe: Any, run: str, slots: Iterable[str]) -> None:
         """Items that need no more sending (accepted, or dead-lettered) leave the outbox."""
@@ -183,8 +229,6 @@ class RunStore:
             "last_failure": state.last_failure or "",
             "next_attempt_at": state.next_attempt_at or "",
             "last_error": (state.last_error or "")[:2000],
-            "in_doubt": "1" if state.in_doubt else "0",
-            "in_flight": "0",
         }
         pipe.hset(self.keys.delivery(run), mapping=mapping)
         if state.next_attempt_at:

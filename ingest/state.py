@@ -16,6 +16,7 @@ from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.events import Format, Usage
 from codex_langfuse.ingest.observations import trace_id
 from codex_langfuse.ingest.pricing import PriceTable
+from codex_langfuse.producer.entries import parse_traceparent
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class FoldContext:
     claim_turn: Callable[[str, str, int, int], str | None] = lambda thread_id, run_id, start_us, end_us: None
     trace_name: str = "codex exec"
     environment: str | None = None
+    release: str | None = None  # the worker's LANGFUSE_RELEASE: a run's own release wins, then this
     max_output_chars: int = 8000
 
 
@@ -67,6 +69,7 @@ class RunState(BaseModel):
     """Everything a later fold step needs; stored as JSON between steps."""
 
     run_id: str
+    instance: str | None = None  # set when this run reused a run id another run had used first
     next_seq: int = 0
     meta: dict[str, Any] = {}
     started_us: int | None = None
@@ -95,12 +98,36 @@ class RunState(BaseModel):
     end: dict[str, Any] | None = None
     closed: bool = False
     gap_since: float | None = None  # worker clock: when the next entry was first found missing
+    skipped: list[tuple[int, int]] = []  # seq ranges given up as lost: if they come, they are late
+    spans: int = 0  # spans the run made so far (for the line logged when it is delivered)
+    cost: float = 0.0  # USD of its priced generations
     superseded_by: str | None = None  # another run counts this turn (see `FoldContext.claim_turn`)
     rollout: dict[str, Any] = {}  # what `rollout_format` keeps between records
 
+    # The caller's W3C traceparent, from the start entry only: the run joins that trace, its root a
+    # child of that span. None: the run has a trace of its own.
+    parent: str | None = None
+    # The run's environment as sent (normalised): the producer's, else the worker's when the run was
+    # first folded. A score attached later lands in it too.
+    environment: str | None = None
+    stream_parameters: dict[str, str] = {}  # model parameters the stream itself names (legacy header)
+
     @property
     def trace_id(self) -> str:
-        return trace_id(self.run_id)
+        joined = parse_traceparent(self.parent)
+        return joined[0] if joined else trace_id(self.run_id)
+
+    @property
+    def parent_span_id(self) -> str | None:
+        """The caller's span the run's root hangs under, when it joined a trace."""
+        joined = parse_traceparent(self.parent)
+        return joined[1] if joined else None
+
+    @property
+    def seed(self) -> str:
+        """What observation and score ids are derived from: the run id, and for a later run that
+        reused it, `<run id>/<instance>` (so both runs' observations live side by side)."""
+        return self.run_id if self.instance is None else f"{self.run_id}/{self.instance}"
 
 
 class Folder(Protocol):

@@ -1,4 +1,9 @@
-"""`codex-langfuse status`: where everything is in the pipeline, in numbers."""
+"""`codex-langfuse status`: where everything is in the pipeline, in numbers, and who works on it.
+
+Workers and dispatchers are those whose heartbeat is alive (`registry`), each with the destination
+and settings it registered at start: what the back end really does, not what the caller's own
+environment says. `check` turns a report into the problems a health probe fails on.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from codex_langfuse.ingest import connections
 from codex_langfuse.ingest.deadletters import DeadLetters
+from codex_langfuse.ingest.registry import Registry
 from codex_langfuse.ingest.settings import Settings
 
 
@@ -40,10 +46,16 @@ def collect(settings: Settings, connection: redis.Redis | None = None) -> dict[s
         oldest_backlog[0][1] if oldest_backlog else None,
     ) if t is not None]
 
-    workers = Worker.all(queue=queue)
+    processes = Registry(connection, keys).alive()
+    workers = [p for p in processes if p.get("role") == "worker"]
+    dispatchers = [p for p in processes if p.get("role") == "dispatcher"]
+    busy = _busy(connection, queue, workers)
+    for worker in workers:
+        worker["busy"] = worker["name"] in busy
+    destinations = sorted({w.get("destination") or "?" for w in workers})
+    dead_letters = DeadLetters(connection, keys)
     return {
-        "sending_to": "langfuse" if settings.langfuse_enabled else "sink",
-        "sink_dir": None if settings.langfuse_enabled else str(settings.sink_dir),
+        "sending_to": destinations,
         "stream": stream,
         "queue": {
             "name": settings.queue,
@@ -56,12 +68,47 @@ def collect(settings: Settings, connection: redis.Redis | None = None) -> dict[s
             "open": connection.zcard(keys.active),
             "with_backlog": connection.zcard(keys.backlog),
             "retrying": connection.zcard(keys.retrying),
+            "reused_run_ids": connection.zcard(keys.reused),
         },
-        "dead_letters": DeadLetters(connection, keys).counts_by_reason(),
-        "workers": {"alive": len(workers), "names": sorted(w.name for w in workers),
-                    "busy": sum(1 for w in workers if w.get_state() == "busy")},
+        "dead_letters": dead_letters.counts_by_reason(),
+        "dead_letters_last_failure": dead_letters.newest(),
+        "workers": {"alive": len(workers), "busy": len(busy), "names": [w["name"] for w in workers],
+                    "registered": workers},
+        "dispatchers": {"alive": len(dispatchers), "names": [d["name"] for d in dispatchers],
+                        "consumers": stream["consumers"]},
         "oldest_undelivered_age_seconds": round(now - min(candidates), 3) if candidates else None,
+        "time": now,
     }
+
+
+def _busy(connection: redis.Redis, queue: Any, workers: list[dict[str, Any]]) -> set[str]:
+    """Names of live workers RQ says are in a job (RQ's own view alone keeps a killed one busy)."""
+    busy = set()
+    for entry in workers:
+        worker = Worker.find_by_key(f"{Worker.redis_worker_namespace_prefix}{entry['name']}", connection=connection,
+                                    serializer=queue.serializer)
+        if worker is not None and worker.get_state() == "busy":
+            busy.add(entry["name"])
+    return busy
+
+
+def check(report: dict[str, Any], max_age: float, window: float) -> list[str]:
+    """What a health probe fails on, one line each; empty when healthy."""
+    problems = []
+    if not report["workers"]["alive"]:
+        problems.append("no live worker: nothing delivers (start `codex-langfuse worker`)")
+    if not report["dispatchers"]["alive"]:
+        problems.append("no live dispatcher: nothing reads the stream (start `codex-langfuse dispatch`)")
+    if len(report["sending_to"]) > 1:
+        problems.append(f"workers send to different destinations: {', '.join(report['sending_to'])}")
+    last = report.get("dead_letters_last_failure")
+    if last is not None and report["time"] - last <= window:
+        problems.append(f"dead letters are growing: the latest {report['time'] - last:.0f} s ago "
+                        f"(see `codex-langfuse replay --dry-run`)")
+    age = report["oldest_undelivered_age_seconds"]
+    if age is not None and age > max_age:
+        problems.append(f"the oldest undelivered event waits for {age:.0f} s (more than {max_age:.0f} s)")
+    return problems
 
 
 def _oldest_unread_ms(connection: redis.Redis, stream: str, group: dict[str, Any] | None) -> int | None:
@@ -75,13 +122,15 @@ def _oldest_unread_ms(connection: redis.Redis, stream: str, group: dict[str, Any
 def render(report: dict[str, Any]) -> str:
     stream, queue, runs, workers = report["stream"], report["queue"], report["runs"], report["workers"]
     lines = [
-        f"sending to     {report['sending_to']}" + (f" ({report['sink_dir']})" if report["sink_dir"] else ""),
+        f"sending to     {', '.join(report['sending_to']) or '- (no live worker)'}",
         f"stream         {stream['name']}: {stream['length']} entries, lag {stream['lag']}, "
         f"pending {stream['pending']}, poison {stream['poison']}",
         f"queue          {queue['name']}: depth {queue['depth']}, in progress {queue['in_progress']}, "
         f"scheduled {queue['scheduled']}, failed jobs {queue['failed_jobs']}",
-        f"runs           open {runs['open']}, with backlog {runs['with_backlog']}, retrying {runs['retrying']}",
+        f"runs           open {runs['open']}, with backlog {runs['with_backlog']}, retrying {runs['retrying']}"
+        + (f", reused run ids {runs['reused_run_ids']}" if runs["reused_run_ids"] else ""),
         f"workers        {workers['alive']} alive, {workers['busy']} busy",
+        f"dispatchers    {report['dispatchers']['alive']} alive",
     ]
     age = report["oldest_undelivered_age_seconds"]
     lines.append(f"oldest waiting {'-' if age is None else f'{age:.1f} s'}")

@@ -1,14 +1,20 @@
 """Where spans and scores go: Langfuse (through the `langfuse` package's API client) or a local
-directory sink when no Langfuse keys are configured.
+directory sink, chosen explicitly (`Settings.destination`).
 
 Both raise `DeliveryError`, classified: transient failures are retried later, permanent ones
-go to the dead letters. Nothing here retries by itself; `ingest.retry` decides.
+go to the dead letters. Nothing here retries by itself; `ingest.retry` decides. `check` asks the
+destination once at a worker's start whether it can work at all (keys, address), so wrong keys
+or a wrong URL stop the worker with Langfuse's message instead of dead-lettering run after run.
+Langfuse servers differ (reference/langfuse.md): up to v4.16 the scores route takes one object per
+request and answers a list with a 400 about the body's shape; the v3 line has no v2 observations
+API (404) and its v1 listing may lag. The transport learns either once per process and says so.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +25,8 @@ import httpx
 
 from codex_langfuse.ingest.otlp import resource_spans
 
+log = logging.getLogger("codex_langfuse.worker")
+
 INGESTION_VERSION_HEADER = {"x-langfuse-ingestion-version": "4"}
 
 # Reason classes of permanent failures, as they appear in dead letters and `status`.
@@ -28,6 +36,11 @@ FORBIDDEN = "forbidden"  # 403: keys without access, suspended project
 TOO_LARGE = "too_large"  # 413 for a single span
 NOT_FOUND = "not_found"  # 404: wrong base URL
 RETRIES_EXHAUSTED = "retries_exhausted"
+# Not a dead-letter reason: the server takes one score per request; send the same scores again so.
+ONE_SCORE_PER_REQUEST = "one_score_per_request"
+# Answers of an observations listing the server does not have (v2 on the v3 line: 404).
+NO_SUCH_LISTING = (404, 405, 501)
+V1_PAGE_SIZE = 100  # the v1 listing's largest page
 
 
 class DeliveryError(Exception):
@@ -54,14 +67,28 @@ class ScoreOutcome:
     errors: list[str]
 
 
+@dataclass
+class Presence:
+    """What Langfuse says it holds of a trace. `realtime`: from the v2 listing, which shows a span
+    once it is stored; else from the v1 listing, which may show it minutes later."""
+
+    span_ids: set[str]
+    realtime: bool = True
+
+
 class Transport(Protocol):
+    # True once the server has shown it takes one score per request: post_scores then takes one.
+    one_score_per_request: bool
+
     def export(self, spans: list[dict[str, Any]]) -> None: ...
 
     def post_scores(self, scores: list[dict[str, Any]]) -> ScoreOutcome: ...
 
-    def existing_span_ids(self, trace_id: str) -> set[str]: ...
+    def existing_span_ids(self, trace_id: str) -> Presence: ...
 
     def describe(self) -> str: ...
+
+    def check(self) -> str: ...
 
 
 def parse_retry_after(headers: dict[str, str] | None) -> float | None:
@@ -119,6 +146,11 @@ def classify_exception(exc: Exception) -> DeliveryError:
 def _body_text(body: Any) -> str:
     if isinstance(body, dict):
         text = body.get("message") or body.get("error") or json.dumps(body)
+        issues = body.get("error")
+        if body.get("message") and isinstance(issues, list):  # a validation error: say what failed
+            details = [f"{'.'.join(map(str, issue.get('path') or [])) or 'body'}: {issue.get('message')}"
+                       for issue in issues if isinstance(issue, dict)]
+            text = f"{body['message']}: {'; '.join(dict.fromkeys(details))}"
     else:
         text = str(body)
     return str(text)[:2000]
@@ -133,9 +165,31 @@ class LangfuseTransport:
         self.api = LangfuseAPI(base_url=self.base_url, username=public_key, password=secret_key,
                                httpx_client=httpx.Client(timeout=timeout))
         self._options = {"max_retries": 0, "timeout_in_seconds": timeout, "additional_headers": INGESTION_VERSION_HEADER}
+        self.one_score_per_request = False
+        self.observations_v2 = True  # False once the server answered that it has no v2 listing
 
     def describe(self) -> str:
         return f"Langfuse at {self.base_url}"
+
+    def check(self) -> str:
+        """What the keys open (project names) and the server's version; `DeliveryError` when Langfuse
+        refuses the keys (401/403), is not at this address (404, not JSON) or cannot be reached."""
+        try:
+            projects = self.api.projects.get(request_options=self._options)
+        except Exception as exc:  # noqa: BLE001
+            error = classify_exception(exc)
+            if error.status == 404 or (error.status is None and "unreadable answer" in error.message):
+                raise DeliveryError(f"no Langfuse API at {self.base_url} ({error.message}); check "
+                                    f"LANGFUSE_BASE_URL", transient=False, reason=NOT_FOUND, status=404) from exc
+            raise error from exc
+        names = ", ".join(p.name for p in projects.data) or "no project"
+        return f"keys accepted (project {names}), server {self.server_version() or 'version unknown'}"
+
+    def server_version(self) -> str | None:
+        try:
+            return self.api.health.health(request_options=self._options).version
+        except Exception:  # noqa: BLE001 - the version is a nicety; auth decides
+            return None
 
     def export(self, spans: list[dict[str, Any]]) -> None:
         try:
@@ -144,18 +198,53 @@ class LangfuseTransport:
             raise classify_exception(exc) from exc
 
     def post_scores(self, scores: list[dict[str, Any]]) -> ScoreOutcome:
+        """A list (202, or 207 with the refused ones), as the API of the 5.x client. A server that
+        answers a list with a 400 about the body's shape (up to v4.16) takes one object per
+        request: remembered for the process, and DeliveryError(ONE_SCORE_PER_REQUEST) tells the
+        caller to send these scores again, one by one."""
         from langfuse.api.scores.types import CreateScoreBatchResults, CreateScoreRequest
 
+        if self.one_score_per_request:
+            if len(scores) != 1:
+                raise ValueError("this server takes one score per request")
+            return self._post_one_score(scores[0])
         request = [CreateScoreRequest.model_validate(score) for score in scores]
         try:
             answer = self.api.scores.create(request=request, request_options=self._options)
         except Exception as exc:  # noqa: BLE001
+            if refuses_a_list(exc):
+                self.one_score_per_request = True
+                log.warning("%s takes one score per request (Langfuse up to v4.16): sending scores one by one "
+                            "from now on", self.describe())
+                raise DeliveryError("the server takes one score per request", transient=False,
+                                    reason=ONE_SCORE_PER_REQUEST, status=400) from exc
             raise classify_exception(exc) from exc
         if isinstance(answer, CreateScoreBatchResults):
             return ScoreOutcome(accepted=answer.accepted, errors=[e.message for e in answer.errors])
         return ScoreOutcome(accepted=len(scores), errors=[])
 
-    def existing_span_ids(self, trace_id: str) -> set[str]:
+    def _post_one_score(self, score: dict[str, Any]) -> ScoreOutcome:
+        # The 5.x client only posts lists: its own HTTP client (auth, base URL, headers) posts the object.
+        response = self._request("api/public/scores", method="POST", json=score)
+        if not 200 <= response.status_code < 300:
+            raise classify_status(response.status_code, _json_body(response), dict(response.headers))
+        return ScoreOutcome(accepted=1, errors=[])
+
+    def existing_span_ids(self, trace_id: str) -> Presence:
+        """The trace's span ids Langfuse holds: from the real-time v2 listing, or, on a server
+        without it (the v3 line: 404), from the v1 listing, which may lag (remembered for the process)."""
+        if self.observations_v2:
+            try:
+                return Presence(self._listed_v2(trace_id), realtime=True)
+            except DeliveryError as error:
+                if error.status not in NO_SUCH_LISTING:
+                    raise
+                self.observations_v2 = False
+                log.warning("%s has no v2 observations API (%s): checking in-doubt sends with the v1 listing, "
+                            "which may lag", self.describe(), error.message[:200])
+        return Presence(self._listed_v1(trace_id), realtime=False)
+
+    def _listed_v2(self, trace_id: str) -> set[str]:
         found: set[str] = set()
         cursor = None
         try:
@@ -169,16 +258,77 @@ class LangfuseTransport:
         except Exception as exc:  # noqa: BLE001
             raise classify_exception(exc) from exc
 
+    def _listed_v1(self, trace_id: str) -> set[str]:
+        # GET /api/public/observations?traceId= (the 5.x client has no method for it), page by page.
+        found: set[str] = set()
+        page = 1
+        while True:
+            response = self._request("api/public/observations", method="GET",
+                                     params={"traceId": trace_id, "page": page, "limit": V1_PAGE_SIZE})
+            body = _json_body(response)
+            if not 200 <= response.status_code < 300:
+                raise classify_status(response.status_code, body, dict(response.headers))
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, list):
+                raise DeliveryError(f"unreadable observations listing: {str(body)[:200]}", transient=True)
+            found.update(item["id"] for item in data if isinstance(item, dict) and isinstance(item.get("id"), str))
+            pages = (body.get("meta") or {}).get("totalPages") or 0
+            if not data or page >= pages:
+                return found
+            page += 1
+
+    def _request(self, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.api._client_wrapper.httpx_client.request(path, request_options=self._options, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise classify_exception(exc) from exc
+
+
+def refuses_a_list(exc: Exception) -> bool:
+    """A 400 whose message is about the body's shape: an array where the schema wants an object
+    (the zod issue `invalid_type` at the root, "expected object, received array")."""
+    from langfuse.api.core.api_error import ApiError
+
+    if not isinstance(exc, ApiError) or exc.status_code != 400:
+        return False
+    body = exc.body
+    issues = body.get("error") if isinstance(body, dict) else None
+    if isinstance(issues, list) and any(
+            isinstance(issue, dict) and issue.get("code") == "invalid_type" and issue.get("path") in ([], None)
+            and issue.get("expected") == "object" for issue in issues):
+        return True
+    return "expected object, received array" in json.dumps(body, default=str).lower()
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
 
 class SinkTransport:
     """Writes what would be sent to Langfuse as JSON files: `<dir>/<trace id>/<span id>.json`
     and `<dir>/<trace id>/scores/<name>.json`. Writing a file twice replaces it."""
+
+    one_score_per_request = False
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
 
     def describe(self) -> str:
         return f"local sink {self.directory}"
+
+    def check(self) -> str:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".probe.{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise DeliveryError(f"cannot write the local sink {self.directory}: {exc.strerror or exc}",
+                                transient=False, reason="sink_unwritable") from exc
+        return "writable"
 
     def _write(self, path: Path, payload: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,18 +346,21 @@ class SinkTransport:
     def post_scores(self, scores: list[dict[str, Any]]) -> ScoreOutcome:
         try:
             for score in scores:
-                self._write(self.directory / score["traceId"] / "scores" / f"{score['name']}.json", score)
+                # a run in a caller's trace scores its root observation: runs sharing a trace differ there
+                name = f"{score['observationId']}-{score['name']}" if score.get("observationId") else score["name"]
+                self._write(self.directory / score["traceId"] / "scores" / f"{name}.json", score)
         except OSError as exc:
             raise DeliveryError(f"cannot write the sink: {exc}", transient=True) from exc
         return ScoreOutcome(accepted=len(scores), errors=[])
 
-    def existing_span_ids(self, trace_id: str) -> set[str]:
+    def existing_span_ids(self, trace_id: str) -> Presence:
         folder = self.directory / trace_id
-        return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+        return Presence({p.stem for p in folder.glob("*.json")} if folder.is_dir() else set())
 
 
 def make_transport(settings: Any) -> Transport:
-    if settings.langfuse_enabled:
+    """The transport to the chosen destination (`NoDestination` when none was chosen)."""
+    if settings.destination == "langfuse":
         return LangfuseTransport(settings.langfuse_base_url, settings.langfuse_public_key,
                                  settings.langfuse_secret_key, settings.http_timeout)
     return SinkTransport(settings.sink_dir)

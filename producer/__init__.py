@@ -26,7 +26,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
-from codex_langfuse.producer.config import ProducerSettings
+from codex_langfuse.producer.config import ProducerSettings, logger
 from codex_langfuse.producer.entries import (
     DEFAULT_STREAM,
     END_REASON_CLOSED,
@@ -48,7 +48,9 @@ from codex_langfuse.producer.entries import (
     entry_fields,
     fields_size,
     is_valid_run_id,
+    normalize_environment,
     now_us,
+    parse_traceparent,
     strip_line_ending,
     trace_id,
 )
@@ -74,9 +76,11 @@ class Run:
     if the `start` entry itself could not be queued it is retried before the next entry.
     """
 
-    def __init__(self, producer: "Producer", run_id: str, start_data: bytes, start_ts: int):
+    def __init__(self, producer: "Producer", run_id: str, start_data: bytes, start_ts: int,
+                 parent: str | None = None):
         self.run_id = run_id
-        self.trace_id = trace_id(run_id)
+        joined = parse_traceparent(parent)
+        self.trace_id = joined[0] if joined else trace_id(run_id)  # the caller's when the run joined it
         self._producer = producer
         self._lock = threading.Lock()
         self._next_seq = 0
@@ -308,11 +312,20 @@ class Producer:
         prompt: str | None = None,
         cwd: str | None = None,
         codex_version: str | None = None,
+        model_parameters: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        set_trace_attributes: bool = False,
         ts: int | None = None,
         **extra: Any,
     ) -> Run:
         """Start a run and queue its `start` entry (seq 0). Raises ValueError only for a run id that
-        breaks the contract (1-128 characters of [A-Za-z0-9._:-]); a new UUID4 by default.
+        breaks the contract (1-128 characters of [A-Za-z0-9._:-]; a new UUID4 by default) and for an
+        environment Langfuse would not keep (it would store `default`); one it would change
+        (`Staging` -> `staging`) is sent as Langfuse stores it, with a warning.
+
+        `parent`: a W3C `traceparent` (e.g. the caller's `TRACEPARENT`): the run joins that trace, its
+        root a child of that span, and leaves the trace's name, metadata, input and output to the
+        caller unless `set_trace_attributes`. An invalid one is ignored with a warning.
         `ts`: when the run started, for a replayed history (default: now)."""
         if run_id is None:
             import uuid
@@ -320,17 +333,27 @@ class Producer:
             run_id = str(uuid.uuid4())
         if not is_valid_run_id(run_id):
             raise ValueError(f"run id must be 1-128 characters of [A-Za-z0-9._:-], not {run_id!r}")
+        if environment is not None:
+            environment = checked_environment(environment)
+        if parent is not None and parse_traceparent(parent) is None:
+            logger.warning("codex-langfuse: ignoring parent %r: not a W3C traceparent "
+                           "(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>); the run gets a trace of its own",
+                           parent)
+            parent = None
         data: dict[str, Any] = {
             "name": name, "model": model, "user_id": user_id, "session_id": session_id,
             "tags": [str(tag) for tag in tags] or None, "metadata": dict(metadata) if metadata else None,
             "environment": environment, "prompt": prompt, "cwd": cwd, "codex_version": codex_version,
+            "model_parameters": dict(model_parameters) if model_parameters else None,
+            "parent": parent.strip() if parent else None, "set_trace_attributes": set_trace_attributes or None,
         }
         data.update(extra)
         data = {key: value for key, value in data.items() if value is not None}
         data["producer"] = {
             "name": "codex-langfuse", "version": __version__, "host": socket.gethostname(), "pid": os.getpid(),
         }
-        run = Run(self, run_id, encode_json(self._cap_prompt(data)), now_us() if ts is None else int(ts))
+        run = Run(self, run_id, encode_json(self._cap_prompt(data)), now_us() if ts is None else int(ts),
+                  parent=parent)
         with self._runs_lock:
             self._open_runs.add(run)
         with run._lock:
@@ -397,6 +420,15 @@ class Producer:
         self._stats.add("errors")
         self._stats.note(logging.WARNING, "codex-langfuse producer: %s failed: %s: %s", what, type(exc).__name__, exc)
         return False
+
+
+def checked_environment(environment: str) -> str:
+    """The environment as Langfuse will store it, with a warning when that is not what was given.
+    ValueError when Langfuse would not keep it at all."""
+    normalized = normalize_environment(environment)
+    if normalized != environment:
+        logger.warning("codex-langfuse: environment %r is sent as %r, as Langfuse stores it", environment, normalized)
+    return normalized
 
 
 _producers: "weakref.WeakSet[Producer]" = weakref.WeakSet()

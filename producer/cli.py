@@ -33,9 +33,17 @@ from typing import Sequence
 
 from codex_langfuse.producer import Producer, Run, __version__
 from codex_langfuse.producer.codex_args import (
-    CodexCommand, codex_version, git_repository, parse_codex_command, resolve_model,
+    CodexCommand, codex_version, git_repository, parse_codex_command, resolve_model, resolve_model_parameters,
 )
-from codex_langfuse.producer.entries import END_REASON_CLOSED, END_REASON_EOF, SHRINKABLE_FACTOR, is_valid_run_id, trace_id
+from codex_langfuse.producer.entries import (
+    END_REASON_CLOSED,
+    END_REASON_EOF,
+    SHRINKABLE_FACTOR,
+    is_valid_run_id,
+    normalize_environment,
+    parse_traceparent,
+    trace_id,
+)
 
 PRODUCER_COMMANDS = {
     "run": "run Codex (`run [OPTIONS] -- codex exec --json ...`), passing its output through, and capture it",
@@ -55,6 +63,7 @@ INGEST_COMMANDS = {
     "score": "attach a score to a run's trace (CI result, review)",
     "show": "print a run's trace from the local sink",
     "demo": "end to end on a recorded Codex run, with a Redis of its own",
+    "doctor": "check Redis, Langfuse, the spool and the clock; say what to fix",
     "verify": "compare Codex's session history with what Langfuse holds; re-send what is missing",
 }
 
@@ -119,7 +128,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
                         help="trace metadata (repeatable)")
     parser.add_argument("--name", help="trace name (default: codex exec)")
-    parser.add_argument("--environment", help="Langfuse environment")
+    parser.add_argument("--environment", type=_environment,
+                        help="Langfuse environment (sent as Langfuse stores it: lowercased, a leading "
+                             "'langfuse' removed; an error when it cannot be kept)")
+    parser.add_argument("--parent", metavar="TRACEPARENT", default=os.environ.get("TRACEPARENT"),
+                        help="join the caller's trace: a W3C traceparent (default: $TRACEPARENT); the run's "
+                             "root becomes a child of that span")
+    parser.add_argument("--set-trace-attributes", action="store_true",
+                        help="with --parent: also set the trace's name, metadata, input and output "
+                             "(default: leave them to the caller)")
     parser.add_argument("--prompt", help="the prompt, as the trace's input (default for run: from Codex's "
                                          "arguments or stdin)")
     parser.add_argument("--flush-timeout", type=float, default=DEFAULT_FLUSH_TIMEOUT, metavar="SECONDS",
@@ -130,6 +147,26 @@ def _run_id(value: str) -> str:
     if not is_valid_run_id(value):
         raise argparse.ArgumentTypeError("must be 1-128 characters of [A-Za-z0-9._:-]")
     return value
+
+
+def _environment(value: str) -> str:
+    try:
+        normalized = normalize_environment(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if normalized != value:
+        _say(f"environment {value!r} is sent as {normalized!r}, as Langfuse stores it")
+    return normalized
+
+
+def _parent(value: str | None) -> str | None:
+    """A usable traceparent, or None (with a warning): a bad one never stops the run."""
+    if not value:
+        return None
+    if parse_traceparent(value) is None:
+        _say(f"ignoring the parent {value!r}: not a W3C traceparent; the run gets a trace of its own")
+        return None
+    return value.strip()
 
 
 def _key_value(value: str) -> tuple[str, str]:
@@ -178,13 +215,15 @@ def _start(args: argparse.Namespace, **start_data) -> tuple[Producer, Run]:
     if args.prompt is not None:
         start_data["prompt"] = args.prompt
     found_model = start_data.pop("model", None)
+    parent = _parent(args.parent)
     run = producer.start_run(
         run_id=run_id, model=args.model or found_model, name=args.name,
         user_id=args.user_id, session_id=args.session_id, tags=args.tag, metadata=metadata,
-        environment=args.environment, **start_data,
+        environment=args.environment, parent=parent, set_trace_attributes=args.set_trace_attributes,
+        **start_data,
     )
     if args.run_id is None:
-        _say(f"run {run_id} trace {trace_id(run_id)}")
+        _say(f"run {run_id} trace {parse_traceparent(parent)[0] if parent else trace_id(run_id)}")
     return producer, run
 
 
@@ -366,7 +405,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         cwd = os.path.abspath(codex.cwd) if codex.cwd else os.getcwd()
     except OSError:
         cwd = None
-    start: dict = {"model": codex.model or codex.config_model, "prompt": codex.prompt, "cwd": cwd}
+    start: dict = {"model": codex.model or codex.config_model, "prompt": codex.prompt, "cwd": cwd,
+                   "model_parameters": codex.model_parameters or None}
     if codex.resume_session_id:
         start["resume_session_id"] = codex.resume_session_id
     producer, run = _start(args, **start)
@@ -415,6 +455,9 @@ def _metadata_after_start(codex: CodexCommand, args: argparse.Namespace, cwd: st
     try:
         if not (args.model or codex.model or codex.config_model):
             meta["model"] = resolve_model(codex)
+        parameters = resolve_model_parameters(codex)
+        if parameters != codex.model_parameters:  # the config files add some: the whole set again
+            meta["model_parameters"] = parameters
         meta["codex_version"] = codex_version(codex.executable)
         repository = git_repository(cwd) if cwd else None
         if repository:

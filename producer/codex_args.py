@@ -1,4 +1,5 @@
-"""What a Codex command line tells us about a run: model, prompt, working directory, resumed thread.
+"""What a Codex command line tells us about a run: model and its parameters, prompt, working
+directory, resumed thread.
 
 `parse_codex_command` is a pure function of argv. The file reads (config.toml, the npm
 package.json, .git) are separate functions, called after Codex has been started so they never
@@ -31,6 +32,14 @@ SHORT_OPTIONS_WITH_VALUE = {
     "c": "--config", "i": "--image", "m": "--model", "p": "--profile", "s": "--sandbox",
     "C": "--cd", "a": "--ask-for-approval", "o": "--output-last-message",
 }
+# Codex settings shown as the generations' model parameters: config key -> parameter name.
+MODEL_PARAMETER_KEYS = {
+    "model_reasoning_effort": "reasoning_effort",
+    "model_reasoning_summary": "reasoning_summary",
+    "service_tier": "service_tier",
+    "sandbox_mode": "sandbox_mode",
+    "approval_policy": "approval_policy",
+}
 EXEC_COMMANDS = frozenset({"exec", "e"})
 EXEC_SUBCOMMANDS = frozenset({"resume", "fork", "review", "help"})
 _CODEX_EXECUTABLES = frozenset({"codex", "codex.js", "codex.exe", "codex.cmd"})
@@ -54,6 +63,9 @@ class CodexCommand:
     resume_last: bool = False            # `resume --last`
     ignore_user_config: bool = False     # --ignore-user-config
     config_overrides: list[str] = field(default_factory=list)
+    # reasoning effort and summary, service tier, sandbox and approval policy, as the arguments say
+    # them (flags over -c overrides); resolve_model_parameters adds what the config files say
+    model_parameters: dict[str, str] = field(default_factory=dict)
 
 
 def parse_config_override(raw: str) -> tuple[str, Any] | None:
@@ -88,11 +100,17 @@ def parse_codex_command(argv: Sequence[str]) -> CodexCommand:
     positionals: list[str] = []
     only_positionals = False
     index = start + 1
+    from_flags: dict[str, str] = {}       # -s, -a, --full-auto, --dangerously-bypass-...: win over -c
+    from_overrides: dict[str, str] = {}
 
     def take_value(name: str, value: str | None) -> None:
         if value is None:
             return
-        if name == "--model":
+        if name == "--sandbox":
+            from_flags["sandbox_mode"] = value
+        elif name == "--ask-for-approval":
+            from_flags["approval_policy"] = value
+        elif name == "--model":
             command.model = value
         elif name == "--profile":
             command.profile = value
@@ -106,6 +124,8 @@ def parse_codex_command(argv: Sequence[str]) -> CodexCommand:
                     command.config_model = parsed[1]
                 elif parsed[0] == "profile" and command.profile is None:
                     command.profile = parsed[1]
+                elif parsed[0] in MODEL_PARAMETER_KEYS:
+                    from_overrides[MODEL_PARAMETER_KEYS[parsed[0]]] = parsed[1]
 
     while index < len(argv):
         arg = argv[index]
@@ -138,6 +158,10 @@ def parse_codex_command(argv: Sequence[str]) -> CodexCommand:
                 command.resume_last = True
             elif name == "--ignore-user-config":
                 command.ignore_user_config = True
+            elif name == "--dangerously-bypass-approvals-and-sandbox":
+                from_flags.update(sandbox_mode="danger-full-access", approval_policy="never")
+            elif name == "--full-auto":  # up to Codex 0.98: "-a on-request, --sandbox workspace-write"
+                from_flags.update(sandbox_mode="workspace-write", approval_policy="on-request")
             continue
         # short options: a cluster of flags, possibly ending in one that takes a value (-mgpt-5, -m=x)
         for position in range(1, len(arg)):
@@ -155,6 +179,7 @@ def parse_codex_command(argv: Sequence[str]) -> CodexCommand:
                 index = _skip_more_values(argv, index)
             break
 
+    command.model_parameters = {**from_overrides, **from_flags}
     if not command.is_exec:
         return command
     prompt: str | None = None
@@ -222,6 +247,27 @@ def resolve_model(command: CodexCommand, environ: Mapping[str, str] | None = Non
             return profile_model
     model = config.get("model")
     return model if isinstance(model, str) and model else None
+
+
+def resolve_model_parameters(command: CodexCommand, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The run's model parameters: what the arguments say, then the profile's settings (its
+    `$CODEX_HOME/<profile>.config.toml`, else `[profiles.<profile>]`), then `config.toml`'s."""
+    home = codex_home(environ)
+    config = {} if command.ignore_user_config else _read_toml(home / "config.toml")
+    layers = [config]
+    profile = command.profile or (config.get("profile") if isinstance(config.get("profile"), str) else None)
+    if profile:
+        profiles = config.get("profiles")
+        table = profiles.get(profile) if isinstance(profiles, dict) else None
+        layers.append(table if isinstance(table, dict) else {})
+        layers.append(_read_toml(home / f"{profile}.config.toml"))
+    parameters: dict[str, str] = {}
+    for layer in layers:  # later layers win
+        for key, name in MODEL_PARAMETER_KEYS.items():
+            if isinstance(layer.get(key), str) and layer[key]:
+                parameters[name] = layer[key]
+    parameters.update(command.model_parameters)
+    return parameters
 
 
 def codex_version(executable: str | None, path: str | None = None) -> str | None:

@@ -31,13 +31,15 @@ SCORE_DATA_TYPES = ("NUMERIC", "BOOLEAN", "CATEGORICAL", "TEXT")
 # keys of a `start` entry's data (every one optional; unknown keys are kept by the ingest side)
 START_KEYS = (
     "name", "model", "user_id", "session_id", "tags", "metadata", "environment",
-    "prompt", "cwd", "codex_version", "producer",
+    "prompt", "cwd", "codex_version", "producer", "model_parameters", "parent", "set_trace_attributes",
 )
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # field names of a stream entry
 F_VERSION, F_RUN, F_SEQ, F_TS, F_KIND, F_DATA, F_TRUNC = "v", "run", "seq", "ts", "kind", "data", "trunc"
+# optional field: the run instance (random per start of a run), so a reused run id is told apart
+F_INST = "inst"
 # not a stream field: asks the sender thread to shrink an oversized line to this many bytes
 F_SHRINK_TO = "_shrink_to"
 # Lines up to this many times the line limit are shrunk as JSON (their long strings cut, so
@@ -57,6 +59,41 @@ def trace_id(run_id: str) -> str:
     Equal to `Langfuse.create_trace_id(seed=run_id)`.
     """
     return hashlib.sha256(run_id.encode("utf-8")).digest()[:16].hex()
+
+
+# W3C trace context, version 00 (https://www.w3.org/TR/trace-context/#traceparent-header): later
+# versions may append fields after the flags, which a version-00 parser ignores.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# Langfuse's environment rule (server: `PublicEnvironmentName` in ingestion/types.ts).
+_ENVIRONMENT_PREFIX = re.compile(r"^(?:langfuse[-_]?)+")
+_ENVIRONMENT = re.compile(r"[a-z0-9_-]+")
+ENVIRONMENT_RULE = ("only a-z, 0-9, '_' and '-' once it is lowercased, a leading 'langfuse' removed and "
+                    "cut to 40 characters")
+
+
+def parse_traceparent(value: object) -> tuple[str, str] | None:
+    """(trace id, parent span id) of a W3C `traceparent` value, or None when it is not one (an
+    invalid version, all-zero ids, uppercase hex, a version-00 value with extra fields)."""
+    if not isinstance(value, str):
+        return None
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace, span, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or set(trace) == {"0"} or set(span) == {"0"}:
+        return None
+    return trace, span
+
+
+def normalize_environment(value: str) -> str:
+    """The environment as Langfuse stores it: lowercased, every leading `langfuse` (with an optional
+    `-` or `_`) removed, cut to 40 characters. ValueError when what is left is not made of
+    [a-z0-9_-]: Langfuse would silently store `default` instead."""
+    normalized = _ENVIRONMENT_PREFIX.sub("", str(value).lower())[:40]
+    if not _ENVIRONMENT.fullmatch(normalized):
+        raise ValueError(f"environment {value!r} cannot be used: Langfuse keeps {ENVIRONMENT_RULE}, "
+                         "and would store it as 'default'")
+    return normalized
 
 
 def is_valid_run_id(run_id: object) -> bool:

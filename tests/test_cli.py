@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from codex_langfuse.ingest.observations import score_id, trace_id
-from tests.conftest import CODEX_FIXTURES
-from tests.support.stack import REPO
+from tests.conftest import CODEX_FIXTURES, every_profile
+from tests.support.stack import PYTHONPATH, REPO
 from tests.test_pipeline import TS0, fixture_lines, meta_for
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def test_demo_runs_end_to_end_into_the_local_sink_and_shows_the_trace(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "CODEX_LANGFUSE_"))}
-    env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=str(REPO))
+    env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=PYTHONPATH)
     answer = subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "demo"], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0, answer.stderr
@@ -42,7 +42,7 @@ def test_demo_with_langfuse_keys_sends_to_langfuse_and_says_when_it_refuses(tmp_
         answers = []
         for secret in (receiver.secret_key, "sk-lf-wrong"):
             env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "CODEX_LANGFUSE_"))}
-            env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=str(REPO), LANGFUSE_BASE_URL=receiver.base_url,
+            env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=PYTHONPATH, LANGFUSE_BASE_URL=receiver.base_url,
                        LANGFUSE_PUBLIC_KEY=receiver.public_key, LANGFUSE_SECRET_KEY=secret)
             answers.append(subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "demo"], env=env, cwd=REPO,
                                           capture_output=True, text=True, timeout=120))
@@ -50,16 +50,20 @@ def test_demo_with_langfuse_keys_sends_to_langfuse_and_says_when_it_refuses(tmp_
         assert sent.returncode == 0, sent.stderr
         assert "sent to Langfuse" in sent.stdout
         assert len(receiver.spans()) == 10 and len(receiver.scores()) == 4 and receiver.duplicates() == {}
+        # wrong keys stop the worker at its start, with Langfuse's own message
         assert refused.returncode == 1
-        assert "refused 10 spans (unauthorized)" in refused.stderr
+        assert "codex-langfuse worker: Langfuse at " in refused.stderr and "HTTP 401: Invalid credentials" in refused.stderr
+        assert "the worker stopped (exit code 2" in refused.stderr
         assert not (tmp_path / "state" / "codex-langfuse" / "sink").exists()  # keys set: no sink
 
 
+@every_profile
 def test_score_attaches_to_a_finished_run_once_per_value_and_overwrites_on_change(stack):
+    stack.env["CODEX_LANGFUSE_ENVIRONMENT"] = "worker-env"  # the worker's, and the `score` command's
     stack.start("dispatch")
     stack.start("worker")
     path = CODEX_FIXTURES / "real_run_0.169.0_full.jsonl"
-    stack.feed("scored", fixture_lines(path), meta=meta_for(path), ts0=TS0)
+    stack.feed("scored", fixture_lines(path), meta=meta_for(path) | {"environment": "Nightly"}, ts0=TS0)
     stack.wait(lambda: stack.settled(["scored"]), what="the run")
     trace = trace_id("scored")
 
@@ -72,8 +76,12 @@ def test_score_attaches_to_a_finished_run_once_per_value_and_overwrites_on_chang
     [written] = writes("ci_passed")
     assert (written.id, written.value, written.data_type, written.comment) == \
            (score_id(trace, "ci_passed"), 1.0, "BOOLEAN", "CI green")
-    # its timestamp is the run's start, so a later overwrite lands on the same calendar day
-    assert written.timestamp.startswith("2026-09-21")
+    assert written.environment == "nightly"  # the run's environment, as the producer sent it, normalised
+    # sent with the run's start as its timestamp: newer servers keep it (an overwrite on another day
+    # lands on the same row); up to v4.16 the server keeps the time it received the score instead
+    assert written.body["timestamp"].startswith("2026-09-21")
+    kept = stack.receiver.profile.score_timestamp_kept
+    assert written.timestamp.startswith("2026-09-21") == kept
 
     assert stack.cli("score", "scored", "ci_passed", "true", "--comment", "CI green").returncode == 0
     assert stack.cli("score", "scored", "review", "needs-work").returncode == 0
@@ -104,7 +112,7 @@ def test_status_and_replay_speak_plain_text_to_people(stack):
 
 
 def test_show_reports_a_run_it_does_not_know(tmp_path):
-    env = {**os.environ, "CODEX_LANGFUSE_SINK_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "CODEX_LANGFUSE_SINK_DIR": str(tmp_path), "PYTHONPATH": PYTHONPATH}
     answer = subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "show", "no-such-run"], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert answer.returncode == 1 and "no trace for no-such-run" in answer.stderr

@@ -48,6 +48,8 @@ from tests.support.stack import Stack
 from tests.test_recorded_runs import assert_trace_shape, expected_cost, expected_trace, usage_buckets
 
 pytestmark = [pytest.mark.codex, pytest.mark.integration]
+# the real Codex's runs go to a receiver of the newest server generation (tests/conftest.py)
+PIPELINE_PROFILE = "latest"
 
 CURRENT = "0.169.0"
 LEGACY = "0.42.0"
@@ -216,10 +218,20 @@ def both_ways(codex: Path, name: str, tmp_path: Path, pipeline: Stack, **options
 # ---- the trace at the receiver ---------------------------------------------------------------------
 
 
+def shown(value: Any) -> Any:
+    """A metadata value as Langfuse shows it: stored raw, decoded when it is JSON (strings are sent
+    as themselves, other values as JSON)."""
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
 @dataclass
 class Trace:
     spans: list
     scores: dict[str, float]
+    stored: Any = None  # the trace as a user sees it (receiver.trace)
 
     @property
     def root(self):
@@ -234,15 +246,14 @@ class Trace:
         return Counter((span.type, span.name, span.level) for span in self.spans)
 
     def trace_metadata(self, key: str) -> Any:
-        value = self.root.attributes.get(f"langfuse.trace.metadata.{key}")
-        return None if value is None else json.loads(value)
+        return shown(self.stored.metadata.get(key))
 
 
 def settled_trace(pipeline: Stack, run_id: str) -> Trace:
     pipeline.wait(lambda: pipeline.settled([run_id]), timeout=HANG_GUARD, what=f"run {run_id} to settle")
     trace = trace_id(run_id)
     scores = {score.name: score.value for score in pipeline.receiver.scores() if score.trace_id == trace}
-    return Trace(pipeline.receiver.spans(trace), scores)
+    return Trace(pipeline.receiver.spans(trace), scores, pipeline.receiver.trace(trace))
 
 
 def scripted_usage(turns: list[ModelTurn], cache_writes: bool = True) -> dict[str, int]:
@@ -276,14 +287,16 @@ def check_trace(pipeline: Stack, played: Played, index: int, observations: dict,
     assert trace.trace_metadata("model") == model
     assert trace.trace_metadata("exit_code") == run.exit_code
     assert root.attributes.get("langfuse.release") == played.sandbox.version
+    assert trace.stored.metadata["run_id"] == played.run_ids[index]  # a string, stored as itself
     for span in trace.spans:  # every span repeats the trace attributes; they must agree
         assert span.attributes.get("session.id") == run.thread_id
-        assert span.attributes.get("langfuse.trace.metadata.run_id") == json.dumps(played.run_ids[index])
+        # trace metadata only on the root: Langfuse merges it into each span's own
+        assert span.parent_span_id is None or not any(k.startswith("langfuse.trace.metadata.") for k in span.attributes)
     messages = run.items("agent_message")
     assert root.output == (messages[-1]["text"] if messages else None)
     ends = [event["type"] for event in run.events if event.get("type") in ("turn.completed", "turn.failed")]
     outcome = {"turn.completed": "completed", "turn.failed": "failed"}[ends[-1]] if ends else "aborted"
-    assert json.loads(root.metadata["outcome"]) == outcome
+    assert root.metadata["outcome"] == outcome
     generations = [span for span in trace.spans if span.type == "generation"]
     if run.usage is not None:
         [generation] = generations
@@ -291,6 +304,9 @@ def check_trace(pipeline: Stack, played: Played, index: int, observations: dict,
         assert generation.usage_details == want
         assert generation.model == model
         assert generation.cost_details == pytest.approx(expected_cost(model, want), rel=1e-9)
+    for generation in generations:  # the sandbox's config.toml, as the bridge read it
+        parameters = pipeline.receiver.stored(generation.span_id).model_parameters
+        assert (parameters["sandbox_mode"], parameters["approval_policy"]) == ("danger-full-access", "never")
     assert trace.scores == scores
     return trace
 
@@ -361,7 +377,7 @@ def test_mcp_tool_call(codex_current, pipeline, tmp_path):
     [call] = trace.named("echo.say")
     assert json.loads(call.input) == {"text": "hi from mock"}
     assert json.loads(call.output)["structured_content"] == {"echoed": "hi from mock"}
-    assert (json.loads(call.metadata["server"]), json.loads(call.metadata["tool"])) == ("echo", "say")
+    assert (call.metadata["server"], call.metadata["tool"]) == ("echo", "say")
 
 
 def test_web_search(codex_current, pipeline, tmp_path):
@@ -369,7 +385,7 @@ def test_web_search(codex_current, pipeline, tmp_path):
     trace = check_trace(pipeline, played, 0, root_and(COMPLETED_TURN, ONE_MESSAGE, (("tool", "web_search", "DEFAULT"), 1)), SUCCESS)
     [search] = trace.named("web_search")
     assert json.loads(search.input)["query"] == "langfuse codex integration"
-    assert json.loads(search.metadata["item_id"]) == "item_0"  # the first of the two "id" keys Codex prints
+    assert search.metadata["item_id"] == "item_0"  # the first of the two "id" keys Codex prints
 
 
 def test_plan_updates(codex_current, pipeline, tmp_path):

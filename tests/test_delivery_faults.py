@@ -3,7 +3,9 @@ expected observation is at the receiver exactly once, and the dead letters hold 
 was refused for good, with the right reasons. Replay delivers them, once, even when killed.
 
 Time is compressed through settings (retry base 0.2 s, cap 1 s); no test asserts a duration
-except that a retry never came sooner than Langfuse's Retry-After asked.
+except that a retry never came sooner than Langfuse's Retry-After asked. Tests of what differs
+between Langfuse servers (checking an in-doubt send, posting and replaying scores) run against
+every server profile; the others against the default one (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 import pytest
 
 from codex_langfuse.ingest.observations import observation_id, trace_id
-from tests.conftest import CODEX_FIXTURES
+from tests.conftest import ALL_PROFILES, CODEX_FIXTURES, DEFAULT_PROFILE, every_profile
 from tests.support.stack import REPO, Stack
 from tests.test_pipeline import TS0, assert_trace_equals_mapping, expected_trace, fixture_lines, meta_for, run_lines
 
@@ -80,7 +82,10 @@ def test_429_retry_after_is_honoured(stack):
     assert_trace_equals_mapping(stack, "limited", FULL)
 
 
-@pytest.mark.parametrize("stored", [False, True], ids=["reset-before-processing", "reset-after-processing"])
+# after processing, the retry checks what Langfuse has: the check is what differs between servers
+@pytest.mark.parametrize("stack, stored", [(DEFAULT_PROFILE, False), *((profile, True) for profile in ALL_PROFILES)],
+                         ids=["reset-before-processing", *(f"reset-after-processing-{p}" for p in ALL_PROFILES)],
+                         indirect=["stack"])
 def test_connection_resets_are_retried_without_duplicates(stack, stored):
     stack.receiver.reset_connection("traces", times=2, store=stored)
     start_backend(stack)
@@ -96,6 +101,7 @@ def test_connection_resets_are_retried_without_duplicates(stack, stored):
     assert_trace_equals_mapping(stack, "reset", FULL)
 
 
+@every_profile
 def test_a_timeout_longer_than_the_client_after_langfuse_stored_the_spans_sends_nothing_twice(stack):
     http_timeout = stack.settings().http_timeout
     stack.receiver.delay("traces", http_timeout * 2, times=1, store=True)
@@ -135,6 +141,7 @@ def test_400_for_chosen_spans_dead_letters_exactly_those(stack):
     assert stack.receiver.duplicates() == {}
 
 
+@every_profile
 def test_401_dead_letters_everything_at_once_and_replay_delivers_it_all_once(stack):
     stack.receiver.fail("traces", 401, for_seconds=3600)
     stack.receiver.fail("scores", 401, for_seconds=3600)

@@ -1280,3 +1280,97 @@ def test_skipped_gap_is_a_warning_and_counted():
     assert skipped.state.next_seq == 9
     rest = fold(skipped.state, entries[9:], CTX)
     assert root_of(rest).metadata["counters"]["lost_entries"] == 3
+
+
+# ---- what Langfuse stores: trace metadata, environment, model parameters --------------------------
+
+def test_trace_metadata_is_on_the_root_only_and_trace_fields_on_every_span():
+    result = fold_fixture(F_FULL, meta={"metadata": {"status": "ci"}, "tags": ["ci"], "user_id": "alice"})
+    for obs in result.observations:
+        assert (obs.trace.name, obs.trace.user_id, obs.trace.tags) == ("codex exec", "alice", ("ci",))
+        if obs.parent_id is None:
+            assert obs.trace.metadata["status"] == "ci" and obs.trace.metadata["run_id"] == RUN
+        else:
+            assert obs.trace.metadata == {}
+
+
+@pytest.mark.parametrize("given, worker, stored", [
+    ("Staging", None, "staging"), ("langfuse-prod", "ci", "prod"), ("ci.nightly", "fallback", "fallback"),
+    (None, "ci", "ci"), (None, None, None),
+])
+def test_the_environment_is_normalised_or_falls_back_to_the_workers(given, worker, stored):
+    meta = {} if given is None else {"environment": given}
+    result = fold_fixture(F_FULL, meta=meta, ctx=FoldContext(prices=PRICES, environment=worker))
+    assert {obs.trace.environment for obs in result.observations} == {stored}
+    assert {score.environment for score in result.scores} == {stored}
+    assert result.state.environment == stored
+
+
+def test_the_run_keeps_the_environment_of_its_first_fold():
+    entries = fixture_entries(F_FULL)
+    first = fold(new_state(RUN), entries[:3], FoldContext(prices=PRICES, environment="ci"))
+    rest = fold(first.state, entries[3:], FoldContext(prices=PRICES, environment="another-worker"))
+    assert {score.environment for score in rest.scores} == {"ci"}
+
+
+def test_model_parameters_from_the_producer_go_on_generations_and_price_the_service_tier():
+    parameters = {"reasoning_effort": "high", "service_tier": "priority", "sandbox_mode": "read-only"}
+    result = fold_fixture(F_FULL, model="gpt-5-codex", meta={"model_parameters": parameters})
+    (generation,) = [o for o in result.observations if o.type == "generation"]
+    assert generation.model_parameters == parameters
+    assert generation.metadata["pricing_tier"] == "priority"
+    assert all(o.model_parameters is None for o in result.observations if o.type != "generation")
+
+
+def test_the_legacy_header_adds_the_model_parameters_codex_printed():
+    result = fold_fixture(F_042, meta={"model_parameters": {"service_tier": "flex", "reasoning_effort": "low"}})
+    generations = [o for o in result.observations if o.type == "generation"]
+    assert generations
+    # the header: {"reasoning summaries":"auto","sandbox":"danger-full-access","approval":"never","reasoning effort":"none"}
+    assert {json.dumps(g.model_parameters, sort_keys=True) for g in generations} == {json.dumps({
+        "service_tier": "flex", "reasoning_effort": "none", "reasoning_summary": "auto",
+        "sandbox_mode": "danger-full-access", "approval_policy": "never"}, sort_keys=True)}
+
+
+# ---- a run that joins its caller's trace ---------------------------------------------------------
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_SPAN = "b7ad6b7169203331"
+TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+
+
+def test_a_run_with_a_parent_lives_in_the_callers_trace_under_the_callers_span():
+    alone = fold_fixture(F_FAILED_CMD, meta={"name": "fix", "metadata": {"job": "42"}})
+    joined = fold_fixture(F_FAILED_CMD, meta={"name": "fix", "metadata": {"job": "42"}, "parent": TRACEPARENT})
+    assert [o.id for o in joined.observations] == [o.id for o in alone.observations]  # ids from the run id
+    assert {o.trace_id for o in joined.observations} == {CALLER_TRACE}
+    (root,) = [o for o in joined.observations if o.type == "agent"]
+    assert root.parent_id == CALLER_SPAN and root.name == "fix"
+    assert all(o.parent_id is not None for o in joined.observations)
+    # the caller's trace keeps its name and metadata: the run's metadata is its root's own
+    assert {o.trace.name for o in joined.observations} == {None}
+    assert all(o.trace.metadata == {} and o.trace.input is None for o in joined.observations)
+    assert root.metadata["job"] == "42" and root.metadata["run_id"] == RUN and root.metadata["outcome"] == "completed"
+    # scores on the run's root, ids that stay apart from other runs' in the same trace
+    assert {(s.trace_id, s.observation_id) for s in joined.scores} == {(CALLER_TRACE, root.id)}
+    assert {s.id for s in joined.scores} == {f"{CALLER_TRACE}-{root.id}-{s.name}" for s in joined.scores}
+    assert {s.id for s in alone.scores} == {f"{TRACE}-{s.name}" for s in alone.scores}
+    assert all(s.observation_id is None for s in alone.scores)
+
+
+def test_a_joined_run_sets_the_trace_attributes_only_when_asked():
+    result = fold_fixture(F_FULL, meta={"name": "fix", "prompt": PROMPT, "parent": TRACEPARENT,
+                                        "set_trace_attributes": True, "metadata": {"job": "42"}})
+    (root,) = [o for o in result.observations if o.type == "agent"]
+    assert {o.trace.name for o in result.observations} == {"fix"}
+    assert root.trace.metadata["job"] == "42" and root.trace.input == PROMPT and root.trace.output
+    assert all(o.trace.metadata == {} for o in result.observations if o is not root)
+
+
+def test_only_the_start_entry_places_the_run():
+    entries = fixture_entries(F_FULL)
+    meta = json_entry(RUN, 1, "meta", {"parent": TRACEPARENT}, ts_of(1))
+    shifted = [entries[0], meta] + [e.model_copy(update={"seq": e.seq + 1}) for e in entries[1:]]
+    result = fold(new_state(RUN), shifted, CTX)
+    assert {o.trace_id for o in result.observations} == {TRACE}
+    assert fold_fixture(F_FULL, meta={"parent": "garbage"}).state.parent is None

@@ -1,8 +1,10 @@
 """Observations as OTLP/JSON spans (ingest/otlp.py) and the content policy (ingest/content.py).
 
-Attribute names are Langfuse's own (`LangfuseOtelSpanAttributes`), values as its v5 SDK writes them:
-input/output raw when a string and JSON otherwise, every metadata value JSON-encoded (strings
-included), usage and cost as JSON objects with `total`.
+Attribute names are Langfuse's own (`LangfuseOtelSpanAttributes`), values as the server reads them:
+input/output and metadata values raw when a string and JSON otherwise (the server stores metadata
+raw and filters compare the raw text), usage and cost as JSON objects with `total`. Trace metadata
+on the run's root only (the server merges it into each span's own metadata and reads the trace's
+from the root); name, user, session, tags, release and environment on every span.
 """
 
 from __future__ import annotations
@@ -87,14 +89,17 @@ def test_every_span_carries_what_langfuse_reads(name):
         assert found[A.TRACE_TAGS] == ["ci", "nightly"]
         assert found[A.ENVIRONMENT] == "staging"
         assert found[A.RELEASE] == "0.169.0"
-        assert json.loads(found[f"{A.TRACE_METADATA}.ticket"]) == "ABC-1"  # JSON-encoded, strings included
-        assert json.loads(found[f"{A.TRACE_METADATA}.attempt"]) == 2
-        assert json.loads(found[f"{A.TRACE_METADATA}.run_id"]) == RUN
+        if obs.parent_id is None:  # the run's root alone carries the trace's metadata
+            assert found[f"{A.TRACE_METADATA}.ticket"] == "ABC-1"  # a string as itself
+            assert found[f"{A.TRACE_METADATA}.attempt"] == "2"  # anything else as JSON
+            assert found[f"{A.TRACE_METADATA}.run_id"] == RUN
+        else:
+            assert not [key for key in found if key.startswith(A.TRACE_METADATA)]
         for key, value in obs.metadata.items():
             if value is None:  # like the SDK: a None is not written
                 assert f"{A.OBSERVATION_METADATA}.{key}" not in found
             else:
-                assert json.loads(found[f"{A.OBSERVATION_METADATA}.{key}"]) == value, key
+                assert found[f"{A.OBSERVATION_METADATA}.{key}"] == decoded_io(value), key
         if obs.input is not None:
             assert found[A.OBSERVATION_INPUT] == decoded_io(obs.input)
         else:
@@ -341,3 +346,39 @@ def test_cut_marker_counts_the_characters_really_cut():
     root = next(o for o in fold(new_state(RUN), entries, CTX).observations if o.type == "agent")
     found = attributes(encode_span(root, ContentPolicy(max_field_chars=limit)))
     assert found[A.OBSERVATION_INPUT] == "q" * limit + f"…[{100 - limit} characters cut]"
+
+
+# ---- model parameters; a run in its caller's trace ---------------------------------------------------
+
+
+def test_model_parameters_are_a_json_object_on_generations():
+    parameters = {"reasoning_effort": "high", "service_tier": "flex"}
+    result = fold_fixture("real_run_0.169.0_full.jsonl", meta=META | {"model_parameters": parameters})
+    for obs, span in spans_of(result):
+        found = attributes(span)
+        if obs.type == "generation":
+            assert json.loads(found[A.OBSERVATION_MODEL_PARAMETERS]) == parameters
+        else:
+            assert A.OBSERVATION_MODEL_PARAMETERS not in found
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("set_trace", [False, True])
+def test_a_joined_run_encodes_into_the_callers_trace(set_trace):
+    meta = META | {"parent": TRACEPARENT, "set_trace_attributes": set_trace}
+    spans = spans_of(fold_fixture("real_run_0.169.0_full.jsonl", meta=meta))
+    for obs, span in spans:
+        found = attributes(span)
+        assert span["traceId"] == "0af7651916cd43dd8448eb211c80319c"
+        assert found[A.TRACE_USER_ID] == "alice" and found[A.ENVIRONMENT] == "staging"  # still on every span
+        assert (A.TRACE_NAME in found) == set_trace
+        if obs.type == "agent":
+            assert span["parentSpanId"] == "b7ad6b7169203331"
+            assert (f"{A.TRACE_METADATA}.ticket" in found) == set_trace
+            assert ("langfuse.trace.input" in found) == set_trace
+            if not set_trace:  # the run's metadata is then its root's own
+                assert found[f"{A.OBSERVATION_METADATA}.ticket"] == "ABC-1"
+        else:
+            assert not [key for key in found if key.startswith(A.TRACE_METADATA) or key.startswith("langfuse.trace.in")]

@@ -372,3 +372,65 @@ def test_no_file_or_socket_io_on_the_emitting_thread(tmp_path, monkeypatch):
     assert {"socket.connect", "os.pwrite"} <= seen_elsewhere  # the sender did try Redis and write the spool
     assert producer.stats()["spooled"] == 2004
     producer.close(5)
+
+
+# ---- what Langfuse will store: the environment; joining the caller's trace ----
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_an_environment_is_sent_as_langfuse_stores_it_with_a_warning(make_producer, fake_server, caplog):
+    producer = make_producer()
+    with caplog.at_level("WARNING", logger="codex_langfuse.producer"):
+        producer.start_run(run_id="env", environment="LangfuseStaging").finish(0)
+    producer.close(5)
+    (start,) = [e for e in stream_entries(fake_server) if e["kind"] == "start"]
+    assert start["data"]["environment"] == "staging"
+    assert "'LangfuseStaging' is sent as 'staging'" in caplog.text
+
+
+def test_an_environment_langfuse_would_not_keep_is_a_clear_error(make_producer, fake_server):
+    producer = make_producer()
+    with pytest.raises(ValueError, match=r"environment 'ci\.nightly' cannot be used.*store it as 'default'"):
+        producer.start_run(run_id="env", environment="ci.nightly")
+    producer.close(5)
+    assert stream_entries(fake_server) == []
+
+
+def test_a_parent_and_model_parameters_go_into_the_start_entry(make_producer, fake_server):
+    producer = make_producer()
+    producer.start_run(run_id="joined", parent=TRACEPARENT, set_trace_attributes=True,
+                       model_parameters={"reasoning_effort": "high"}).finish(0)
+    producer.close(5)
+    (start,) = [e for e in stream_entries(fake_server) if e["kind"] == "start"]
+    assert start["data"]["parent"] == TRACEPARENT
+    assert start["data"]["set_trace_attributes"] is True
+    assert producer.start_run(run_id="joined-2", parent=TRACEPARENT).trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert start["data"]["model_parameters"] == {"reasoning_effort": "high"}
+
+
+@pytest.mark.parametrize("parent", [
+    "not a traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",          # no flags
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",                         # all-zero trace id
+    "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",                         # all-zero span id
+    "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",                         # uppercase
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",                         # invalid version
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",                   # 00 has 4 fields
+])
+def test_an_invalid_parent_is_ignored_with_a_warning_never_raised(make_producer, fake_server, caplog, parent):
+    producer = make_producer()
+    with caplog.at_level("WARNING", logger="codex_langfuse.producer"):
+        run = producer.start_run(run_id="alone", parent=parent)
+    run.finish(0)
+    producer.close(5)
+    (start,) = [e for e in stream_entries(fake_server) if e["kind"] == "start"]
+    assert "parent" not in start["data"]
+    assert "not a W3C traceparent" in caplog.text
+
+
+def test_a_later_trace_context_version_with_more_fields_is_accepted(make_producer, fake_server):
+    producer = make_producer()
+    producer.start_run(run_id="future", parent="01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what").finish(0)
+    producer.close(5)
+    (start,) = [e for e in stream_entries(fake_server) if e["kind"] == "start"]
+    assert start["data"]["parent"].startswith("01-0af7651916cd43dd8448eb211c80319c")

@@ -374,3 +374,47 @@ def test_line_splitter_cut_line_ending_in_crlf_reports_the_length_without_it():
     assert splitter.feed(b"abcdefg\r\n") == [(b"abcd", 7)]
     assert splitter.feed(b"abcd\r\n") == [(b"abcd", None)]
     assert splitter.finish() == []
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_run_joins_the_trace_in_traceparent_and_says_which(fake_codex, environment, redis_server, tmp_path):
+    env = {**environment, "TRACEPARENT": TRACEPARENT, "FAKE_CODEX_MODE": "normal"}
+    done = run_process([BRIDGE, "run", "--", fake_codex, "exec", "--json", "-s", "read-only",
+                        "-c", "model_reasoning_effort=high", "hi"], env, tmp_path)
+    assert done.returncode == 3
+    (start,) = [e for e in stream_entries(redis_server) if e["kind"] == "start"]
+    assert start["data"]["parent"] == TRACEPARENT
+    assert start["data"]["model_parameters"] == {"sandbox_mode": "read-only", "reasoning_effort": "high"}
+    assert b"trace 0af7651916cd43dd8448eb211c80319c" in done.stderr
+
+
+def test_tee_parent_option_wins_and_a_bad_one_is_ignored_with_a_warning(environment, redis_server, tmp_path):
+    stream = (CODEX_FIXTURES / "real_run_0.169.0_full.jsonl").read_bytes()
+    other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    env = {**environment, "TRACEPARENT": TRACEPARENT}
+    via = run_process([BRIDGE, "tee", "--run-id", "tee-parent", "--parent", other, "--set-trace-attributes"],
+                      env, tmp_path, input=stream)
+    assert via.returncode == 0 and via.stdout == stream
+    bad = run_process([BRIDGE, "tee", "--run-id", "tee-bad-parent"], {**env, "TRACEPARENT": "garbage"}, tmp_path,
+                      input=stream)
+    assert bad.returncode == 0 and bad.stdout == stream
+    assert b"ignoring the parent 'garbage'" in bad.stderr
+    starts = {e["run"]: e["data"] for e in stream_entries(redis_server) if e["kind"] == "start"}
+    assert starts["tee-parent"]["parent"] == other and starts["tee-parent"]["set_trace_attributes"] is True
+    assert "parent" not in starts["tee-bad-parent"]
+
+
+def test_the_environment_option_is_normalised_or_refused_clearly(environment, redis_server, tmp_path):
+    ok = run_process([BRIDGE, "tee", "--run-id", "tee-env", "--environment", "Staging"], environment, tmp_path,
+                     input=b"{}\n")
+    assert ok.returncode == 0
+    assert b"environment 'Staging' is sent as 'staging'" in ok.stderr
+    (start,) = [e for e in stream_entries(redis_server, "tee-env") if e["kind"] == "start"]
+    assert start["data"]["environment"] == "staging"
+    refused = run_process([BRIDGE, "tee", "--run-id", "tee-env-2", "--environment", "ci.nightly"], environment,
+                          tmp_path, input=b"{}\n")
+    assert refused.returncode == 2
+    assert b"environment 'ci.nightly' cannot be used" in refused.stderr
+    assert stream_entries(redis_server, "tee-env-2") == []

@@ -13,6 +13,7 @@ import pytest
 
 from codex_langfuse.producer.codex_args import (
     LONG_OPTIONS_WITH_VALUE, codex_version, git_repository, parse_codex_command, parse_config_override, resolve_model,
+    resolve_model_parameters,
 )
 
 REAL_CODEX = Path("/root/.cache/codex-langfuse/npm/0.169.0/node_modules/.bin/codex")
@@ -223,3 +224,44 @@ def test_option_table_matches_the_real_codex_help():
     assert taking_value <= LONG_OPTIONS_WITH_VALUE
     assert not flags & LONG_OPTIONS_WITH_VALUE
     assert codex_version(str(REAL_CODEX)) == "0.169.0"
+
+
+# ---- model parameters: what the generations show besides the model ----
+
+@pytest.mark.parametrize("command, parameters", [
+    ("codex exec --json -c model_reasoning_effort=high -c model_reasoning_summary=detailed -c service_tier=flex hi",
+     {"reasoning_effort": "high", "reasoning_summary": "detailed", "service_tier": "flex"}),
+    ("codex exec --json -s read-only hi", {"sandbox_mode": "read-only"}),
+    ("codex exec --json --sandbox=workspace-write hi", {"sandbox_mode": "workspace-write"}),
+    ("codex -a on-request exec --json hi", {"approval_policy": "on-request"}),
+    ("codex exec --json --ask-for-approval never hi", {"approval_policy": "never"}),
+    ("codex exec --json -c sandbox_mode=read-only -c 'approval_policy=\"untrusted\"' hi",
+     {"sandbox_mode": "read-only", "approval_policy": "untrusted"}),
+    ("codex exec --json --full-auto hi", {"sandbox_mode": "workspace-write", "approval_policy": "on-request"}),
+    ("codex exec --json --dangerously-bypass-approvals-and-sandbox hi",
+     {"sandbox_mode": "danger-full-access", "approval_policy": "never"}),
+    # a flag wins over a -c override of the same setting, as in Codex
+    ("codex exec --json -c sandbox_mode=read-only -s danger-full-access hi", {"sandbox_mode": "danger-full-access"}),
+    ("codex exec --json hi", {}),
+])
+def test_model_parameters_from_the_arguments(command, parameters):
+    parsed = parse(command)
+    assert parsed.model_parameters == parameters
+    assert parsed.prompt == "hi"
+
+
+def test_model_parameters_from_config_and_profile_under_the_arguments(tmp_path):
+    (tmp_path / "config.toml").write_text(
+        'model_reasoning_effort = "low"\nservice_tier = "flex"\nsandbox_mode = "read-only"\n'
+        'approval_policy = "never"\nprofile = "ci"\n[profiles.ci]\nmodel_reasoning_summary = "concise"\n'
+        'model_reasoning_effort = "medium"\n')
+    (tmp_path / "ci.config.toml").write_text('model_reasoning_effort = "high"\n')
+    environ = {"CODEX_HOME": str(tmp_path)}
+    assert resolve_model_parameters(parse("codex exec --json -s workspace-write hi"), environ) == {
+        "reasoning_effort": "high",          # the profile's own file over its table over config.toml
+        "reasoning_summary": "concise",
+        "service_tier": "flex",
+        "sandbox_mode": "workspace-write",   # the argument over the config
+        "approval_policy": "never",
+    }
+    assert resolve_model_parameters(parse("codex exec --json --ignore-user-config hi"), environ) == {}

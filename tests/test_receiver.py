@@ -943,3 +943,180 @@ def test_subprocess_control_errors_surface_as_value_errors():
             process.delay("nowhere", 1)
         with pytest.raises(ValueError):
             process.fail("traces", 503, times=0)
+
+
+# -- server profiles: what differs between Langfuse generations ----------------------------------
+
+@pytest.fixture
+def server(request):
+    """A receiver of the profile given by indirect parametrisation."""
+    receiver = LangfuseReceiver(profile=request.param).start()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def api_of(receiver):
+    return LangfuseAPI(base_url=receiver.base_url, username=receiver.public_key,
+                       password=receiver.secret_key)
+
+
+@pytest.mark.parametrize("server", ["v4.16", "v3"], indirect=True)
+def test_older_servers_refuse_a_list_of_scores_as_the_server_does(server):
+    api = api_of(server)
+    with pytest.raises(Error) as raised:
+        api.scores.create(request=[score()], request_options=NO_RETRY)
+    assert raised.value.status_code == 400
+    issue = {"expected": "object", "code": "invalid_type", "path": [],
+             "message": "Invalid input: expected object, received array"}
+    assert raised.value.body == {"message": "Invalid request data", "error": [issue, issue]}
+    assert server.score_writes() == []
+
+
+@pytest.mark.parametrize("server", ["v4.16", "v3"], indirect=True)
+def test_older_servers_take_one_score_object_and_ignore_its_timestamp(server):
+    before = dt.datetime.now(dt.timezone.utc)
+    response = post_raw(server, SCORES_PATH, score("one", timestamp=DAY.isoformat()))
+    assert (response.status_code, response.json()) == (200, {"id": "one"})
+    (stored,) = server.scores()
+    # the body schema has no timestamp: the score gets the time it was received
+    assert dt.datetime.fromisoformat(stored.timestamp) >= before
+    # a re-send the same day replaces the row, whatever timestamp it carries
+    post_raw(server, SCORES_PATH, score("one", value=0, timestamp=(DAY + dt.timedelta(days=3)).isoformat()))
+    assert [(s.id, s.value) for s in server.scores()] == [("one", 0.0)]
+    assert len(server.score_writes()) == 2
+
+
+@pytest.mark.parametrize("server", ["v4.16", "v3"], indirect=True)
+def test_older_servers_answer_an_invalid_score_object_with_the_validation_issues(server):
+    response = post_raw(server, SCORES_PATH, score(value=7))
+    assert response.status_code == 400
+    assert response.json()["message"] == "Invalid request data"
+    assert "0 or 1" in response.json()["error"][0]["message"]
+
+
+def test_the_latest_server_keeps_the_score_timestamp():
+    with LangfuseReceiver(profile="latest") as latest:
+        api_of(latest).scores.create(request=[score()], request_options=NO_RETRY)
+        assert [s.timestamp for s in latest.scores()] == [DAY.isoformat()]
+
+
+@pytest.mark.parametrize("server", ["latest", "v4.16"], indirect=True)
+def test_v4_servers_list_observations_in_real_time_through_v2(server):
+    api = api_of(server)
+    export(api, span(ROOT))
+    page = api.observations.get_many(trace_id=TRACE, fields="core", request_options=NO_RETRY)
+    assert [o.id for o in page.data] == [ROOT]
+
+
+def test_the_v3_line_has_no_v2_observations_api_and_a_lagging_v1_one():
+    with LangfuseReceiver(profile="v3", v1_lag=0.5) as v3:
+        api = api_of(v3)
+        export(api, span(ROOT), span(CHILD, parent=ROOT))
+        with pytest.raises(ApiError) as raised:
+            api.observations.get_many(trace_id=TRACE, request_options=NO_RETRY)
+        assert raised.value.status_code == 404
+        assert raised.value.body["error"] == "LangfuseNotFoundError"
+        assert "only available in a Langfuse v4 write mode" in raised.value.body["message"]
+
+        def v1(**params):
+            answer = httpx.get(v3.base_url + "/api/public/observations", params=params,
+                               auth=(v3.public_key, v3.secret_key), timeout=30)
+            return answer.status_code, answer.json()
+
+        status, body = v1(traceId=TRACE)
+        assert status == 200 and body["data"] == []   # stored, not readable yet
+        v3.wait_until(lambda r: len(v1(traceId=TRACE)[1]["data"]) == 2, timeout=30)
+        status, body = v1(traceId=TRACE, limit=1, page=2)
+        assert [o["id"] for o in body["data"]] == [CHILD]
+        assert body["meta"] == {"page": 2, "limit": 1, "totalItems": 2, "totalPages": 2}
+        assert v1(traceId=OTHER_TRACE)[1]["data"] == []
+        assert v1(limit=101)[0] == 400
+        assert {r.path for r in v3.requests("observations")} == {
+            "/api/public/v2/observations", "/api/public/observations"}
+
+
+def test_a_slow_answer_fault_holds_the_v1_listing_too():
+    with LangfuseReceiver(profile="v3", v1_lag=0) as v3:
+        v3.delay("observations", 1.5, times=1)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(v3.base_url + "/api/public/observations", params={"traceId": TRACE},
+                      auth=(v3.public_key, v3.secret_key), timeout=0.3)
+        (request,) = v3.requests("observations")
+        assert request.fault == "delay 1.5s (stored)"
+
+
+@pytest.mark.parametrize("sent, stored", [
+    ("staging", "staging"), ("Staging", "staging"), ("langfuse-prod", "prod"),
+    ("LangfuseLangfuse_CI", "ci"), ("ci.nightly", "default"), ("x" * 50, "x" * 40), ("langfuse", "default"),
+])
+def test_the_environment_is_stored_as_the_server_normalises_it(sent, stored):
+    with LangfuseReceiver(profile="v4.16", strict_project_rules=False) as relaxed:
+        export(api_of(relaxed), span(ROOT, attributes={"langfuse.environment": sent}))
+        assert relaxed.trace(TRACE).environment == stored
+        assert relaxed.stored(ROOT).environment == stored
+        response = post_raw(relaxed, SCORES_PATH, score(environment=sent))
+        assert response.status_code == 200 and relaxed.scores()[0].environment == stored
+
+
+def test_an_environment_the_server_would_change_breaks_the_project_rule(receiver, api):
+    with pytest.raises(Error) as raised:
+        export(api, span(ROOT, attributes={"langfuse.environment": "Staging"}))
+    assert "[project rule] langfuse.environment 'Staging' is stored by Langfuse as 'staging'" in str(raised.value.body)
+
+
+def test_what_a_user_sees_metadata_raw_trace_metadata_merged_and_trace_fields_from_the_root(receiver, api):
+    root_attributes = {
+        "langfuse.trace.name": "codex exec", "user.id": "alice", "session.id": "thread-1",
+        "langfuse.trace.tags": ["ci"], "langfuse.environment": "staging", "langfuse.release": "0.169.0",
+        "langfuse.observation.input": "the prompt", "langfuse.observation.output": "done",
+        "langfuse.observation.metadata.outcome": "completed",
+        "langfuse.trace.metadata.run_id": '"run-1"',     # JSON-encoded: kept with its quotes
+        "langfuse.trace.metadata.status": "ci",
+    }
+    child_attributes = {
+        "langfuse.observation.metadata.status": "failed",  # the child's own
+        "langfuse.trace.metadata.status": "ci",            # replaced by the trace's
+        "langfuse.trace.metadata.late": "only-on-a-child",
+        "langfuse.trace.name": "renamed", "langfuse.environment": "staging",
+        "langfuse.observation.input": "ls",
+    }
+    export(api, span(ROOT, attributes=root_attributes))
+    export(api, span(CHILD, parent=ROOT, name="command", attributes=child_attributes))
+    trace = receiver.trace(TRACE)
+    assert (trace.name, trace.user_id, trace.session_id, trace.tags, trace.environment, trace.release) == (
+        "renamed", "alice", "thread-1", ["ci"], "staging", "0.169.0")   # latest non-empty value wins
+    assert (trace.input, trace.output) == ("the prompt", "done")      # the root's, not the child's
+    assert trace.metadata["run_id"] == '"run-1"'
+    assert trace.metadata["outcome"] == "completed"
+    assert "late" not in trace.metadata                               # trace metadata of the root only
+    child = trace.observation(CHILD)
+    assert child.metadata["status"] == "ci" and child.metadata["late"] == "only-on-a-child"
+    # a scope that is not the Langfuse SDK's: the other attributes are copied into metadata
+    assert child.metadata["attributes"]["langfuse.trace.name"] == "renamed"
+    assert "langfuse.observation.input" not in child.metadata["attributes"]
+
+
+def test_model_parameters_are_shown_as_the_server_sanitises_them(receiver, api):
+    parameters = {"reasoning_effort": "high", "max_tokens": 5, "tools": ["shell"], "stream": True}
+    export(api, generation(**{"langfuse.observation.model.parameters": json.dumps(parameters)}))
+    assert receiver.stored(ROOT).model_parameters == {
+        "reasoning_effort": "high", "max_tokens": 5, "tools": '["shell"]', "stream": "true"}
+
+
+def test_a_subprocess_receiver_behaves_as_its_profile(tmp_path):
+    with ReceiverProcess(profile="v3", v1_lag=0) as process:
+        api = api_of(process)
+        with pytest.raises(Error):
+            api.scores.create(request=[score()], request_options=NO_RETRY)
+        assert post_raw(process, SCORES_PATH, score()).status_code == 200
+        export(api, span(ROOT, attributes={"langfuse.trace.metadata.k": "v"}))
+        assert process.trace(TRACE).metadata["k"] == "v"
+        with pytest.raises(ApiError):
+            api.observations.get_many(trace_id=TRACE, request_options=NO_RETRY)
+        process.set_v1_lag(3600)
+        answer = httpx.get(process.base_url + "/api/public/observations", params={"traceId": TRACE},
+                           auth=(process.public_key, process.secret_key), timeout=30)
+        assert answer.json()["data"] == []
+        assert process.profile.name == "v3" and process.v1_lag == 3600

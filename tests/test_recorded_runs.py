@@ -34,6 +34,8 @@ from tests.support.codex_harness import RECORDED_DIR, event_kind, parse_events
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
+# the recordings go to a receiver of the v3 line: one score per request, the v1 listing (tests/conftest.py)
+PIPELINE_PROFILE = "v3"
 
 REPO = Path(__file__).resolve().parents[1]
 PRICES = json.loads((REPO / "ingest" / "prices.json").read_text())["models"]

@@ -1,20 +1,30 @@
-"""A strict local stand-in for the Langfuse server (v4.16 contract), for tests.
+"""A strict local stand-in for the Langfuse server, for tests, in one of several server profiles.
 
 No real Langfuse can run on the test machines (see /work/shared/reference/langfuse.md), so tests
 send to this receiver instead. It enforces what Langfuse enforces (Basic auth, content types,
 span ids, times, attribute shapes) plus this project's own rules, and, like Langfuse v4, keeps
 every copy of every span it accepts, so a duplicate sent by a worker is visible to the test.
 
-Routes (what `langfuse.api.client.LangfuseAPI` 5.0.4 calls):
+Profiles (the server generations a team may run; each taken from the server's own code, see
+`PROFILES`): `latest` (scores as a list, 202/207), `v4.16` (one score object per request, the
+score's timestamp ignored, the v2 observations API) and `v3` (one score object, no v2
+observations API, the v1 one lagging behind ingestion). In every profile the receiver stores what
+the server stores: metadata values raw, `langfuse.trace.metadata.*` merged into that observation's
+metadata, the environment normalised; `trace()` shows a trace as a user sees it.
+
+Routes (what `langfuse.api.client.LangfuseAPI` 5.0.4 calls, and the v1 listing it cannot):
     POST /api/public/otel/v1/traces   OTLP JSON or protobuf, optional gzip -> 200 {}
-    POST /api/public/scores           list of scores -> 202 / 207 (single object -> 200 {"id"})
-    GET  /api/public/v2/observations  cursor-paginated listing (fields groups, traceId filter, ...)
+    POST /api/public/scores           latest: list -> 202 / 207 (an object -> 200 {"id"});
+                                      v4.16, v3: object -> 200 {"id"}, list -> 400
+    GET  /api/public/v2/observations  cursor-paginated listing (404 on v3)
+    GET  /api/public/observations     v1, page-paginated listing (lags on v3)
     GET  /api/public/health           no auth
+    GET  /api/public/projects         the project the keys open (the SDK's auth check)
     /__control/...                    JSON control API for `ReceiverProcess` (no auth, 127.0.0.1)
 
 Two ways to run it, with the same inspection and fault methods:
-    with LangfuseReceiver() as receiver: ...            # in this process (background thread)
-    with ReceiverProcess() as receiver: ...             # `python -m tests.support.langfuse_receiver`
+    with LangfuseReceiver(profile="v4.16") as receiver: ...   # in this process (background thread)
+    with ReceiverProcess(profile="v3") as receiver: ...      # `python -m tests.support.langfuse_receiver`
 
 Standard library only (protobuf bodies are decoded when `opentelemetry-proto` is importable).
 """
@@ -59,16 +69,21 @@ except ImportError:  # pragma: no cover - depends on the environment
 OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
 SCORES_PATH = "/api/public/scores"
 OBSERVATIONS_PATH = "/api/public/v2/observations"
+OBSERVATIONS_V1_PATH = "/api/public/observations"
 HEALTH_PATH = "/api/public/health"
+PROJECTS_PATH = "/api/public/projects"
 CONTROL_PREFIX = "/__control/"
 
+# Requests are logged and faults aimed by route; "observations" is both listings (v1 and v2).
 ROUTE_OF_PATH = {
     OTEL_TRACES_PATH: "traces",
     SCORES_PATH: "scores",
     OBSERVATIONS_PATH: "observations",
+    OBSERVATIONS_V1_PATH: "observations",
     HEALTH_PATH: "health",
+    PROJECTS_PATH: "projects",
 }
-FAULT_ROUTES = frozenset({"traces", "scores", "observations", "health", "any"})
+FAULT_ROUTES = frozenset({"traces", "scores", "observations", "health", "projects", "any"})
 
 OBSERVATION_TYPES = frozenset(
     {"span", "generation", "event", "agent", "tool", "chain", "retriever", "evaluator",
@@ -83,12 +98,16 @@ OBSERVATION_FIELD_GROUPS = frozenset(
 )
 DEFAULT_MAX_BODY_BYTES = 4_500_000
 PROJECT_ID = "receiver-project"
+V2_OBSERVATIONS_UNAVAILABLE = ("The observations v2 API is only available in a Langfuse v4 write mode. "
+                               "Learn more at: https://langfuse.com/docs/v4")
 SERVER_VERSION = "4.16.0-test-receiver"
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 _INTEGER = re.compile(r"-?[0-9]+")
-_ENVIRONMENT = re.compile(r"(?!langfuse)[a-z0-9_-]{1,40}")
+_ENVIRONMENT_CHARACTERS = re.compile(r"[a-z0-9_-]+")
+_LANGFUSE_PREFIX = re.compile(r"^(?:langfuse[-_]?)+")
+DEFAULT_ENVIRONMENT = "default"
 _STATUS_CODES = {0: 0, 1: 1, 2: 2, "STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1,
                  "STATUS_CODE_ERROR": 2}
 _STRING_ATTRIBUTES = (
@@ -99,6 +118,48 @@ _STRING_ATTRIBUTES = (
     "langfuse.observation.metadata", "langfuse.trace.metadata",
 )
 _METADATA_PREFIXES = ("langfuse.observation.metadata.", "langfuse.trace.metadata.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Server profiles: what differs between the Langfuse generations a team may run
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ServerProfile:
+    """One Langfuse server generation, as its code behaves (server source at 62751446, v4.16.0+30:
+    web/src/pages/api/public/scores/index.ts with `PostScoresBodyV1`, the v1 and v2 observations
+    routes, packages/shared/src/server/ingestion/types.ts)."""
+
+    name: str
+    scores_as_list: bool          # POST /scores takes a list (202/207); else one object (200 {"id"})
+    score_timestamp_kept: bool    # else dropped by the body schema: the score gets the receive time
+    observations_v2: bool         # GET /api/public/v2/observations answers; else 404
+    v1_lag: float                 # seconds before a stored span shows in GET /api/public/observations
+
+
+PROFILES: dict[str, ServerProfile] = {
+    # The API the 5.x client is generated from: scores as a list, accepted asynchronously.
+    "latest": ServerProfile("latest", scores_as_list=True, score_timestamp_kept=True,
+                            observations_v2=True, v1_lag=0.0),
+    # Self-hosted v4 up to at least v4.16: one score object per request, no `timestamp` in its body
+    # schema; the v2 observations API is on (LANGFUSE_MIGRATION_V4_ALLOW_PREVIEW_OPT_IN=true).
+    "v4.16": ServerProfile("v4.16", scores_as_list=False, score_timestamp_kept=False,
+                           observations_v2=True, v1_lag=0.0),
+    # The self-hosted v3 line: one score object; no v2 observations API (the preview flag is off);
+    # the v1 listing reads tables filled by a queue, so a new span shows only after a while.
+    "v3": ServerProfile("v3", scores_as_list=False, score_timestamp_kept=False,
+                        observations_v2=False, v1_lag=2.0),
+}
+
+
+def normalize_environment(value: Any) -> str:
+    """The server's rule (`PublicEnvironmentName`): lowercased, every leading `langfuse` (with an
+    optional `-`/`_`) stripped, cut to 40 characters; anything but [a-z0-9_-] then, or nothing,
+    becomes `default`. Silently: the request is not refused."""
+    if not isinstance(value, str) or not value:
+        return DEFAULT_ENVIRONMENT
+    stripped = _LANGFUSE_PREFIX.sub("", value.lower())[:40]
+    return stripped if _ENVIRONMENT_CHARACTERS.fullmatch(stripped) else DEFAULT_ENVIRONMENT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +209,7 @@ class ReceivedScore:
     timestamp: str                    # as sent, or the receive time when absent
     comment: str | None
     metadata: Any
-    environment: str | None
+    environment: str                  # as stored: normalised
     body: dict[str, Any]              # the score exactly as sent
     received_at: float
 
@@ -224,6 +285,161 @@ def _record_from_json(cls: type[_Record], data: dict[str, Any]) -> _Record:
 
 
 # ---------------------------------------------------------------------------------------------
+# What the server stores, and so what a user sees (OtelIngestionProcessor.processToEvent, the
+# events table, and the trace aggregation of event-query-builder.ts)
+# ---------------------------------------------------------------------------------------------
+
+# Attributes the server takes as input/output and so leaves out of `metadata.attributes`.
+_IO_ATTRIBUTES = frozenset({"langfuse.trace.input", "langfuse.trace.output", "langfuse.observation.input",
+                            "langfuse.observation.output"})
+_METADATA_ATTRIBUTE_PREFIXES = ("langfuse.trace.metadata", "langfuse.observation.metadata",
+                                "ai.telemetry.metadata")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObservation:
+    """One stored row of an observation, as the UI and the API show it."""
+
+    id: str
+    trace_id: str
+    parent_id: str | None
+    type: str
+    name: str
+    level: str
+    status_message: str | None
+    environment: str                  # normalised
+    metadata: dict[str, Any]          # values raw (as sent), trace metadata merged over its own
+    input: str | None
+    output: str | None
+    model: str | None
+    model_parameters: dict[str, Any] | None
+    usage_details: dict[str, int] | None
+    cost_details: dict[str, float] | None
+    trace_name: str | None
+    user_id: str | None
+    session_id: str | None
+    tags: list[str]
+    release: str | None
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTrace:
+    """A trace as a user sees it: name, user, session, tags, environment and release are the
+    latest non-empty values of any of its rows; metadata, input and output come only from the
+    root row (the one without a parent)."""
+
+    id: str
+    name: str | None
+    user_id: str | None
+    session_id: str | None
+    tags: list[str]
+    environment: str | None
+    release: str | None
+    metadata: dict[str, Any]
+    input: str | None
+    output: str | None
+    observations: list[StoredObservation]   # every stored row, in arrival order
+
+    def observation(self, span_id: str) -> StoredObservation:
+        for row in self.observations:
+            if row.id == span_id:
+                return row
+        raise KeyError(f"no observation {span_id} in trace {self.id}")
+
+
+def _metadata_of(attributes: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """extractMetadata: the JSON object under `prefix` itself, then every `prefix.<key>`, raw."""
+    metadata: dict[str, Any] = {}
+    blob = attributes.get(prefix)
+    if isinstance(blob, str):
+        try:
+            parsed = json.loads(blob)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            metadata.update(parsed)
+    elif isinstance(blob, dict):
+        metadata.update(blob)
+    for key, value in attributes.items():
+        if key.startswith(prefix + ".") and len(key) > len(prefix) + 1:
+            metadata[key[len(prefix) + 1:]] = value
+    return metadata
+
+
+def _model_parameters(attributes: dict[str, Any]) -> dict[str, Any] | None:
+    """sanitizeModelParams: a JSON object whose strings and numbers are kept, anything else as JSON."""
+    raw = attributes.get("langfuse.observation.model.parameters")
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    return {key: value if isinstance(value, (str, int, float)) and not isinstance(value, bool)
+            else json.dumps(value, separators=(",", ":")) for key, value in parsed.items()}
+
+
+def stored_row(span: "ReceivedSpan") -> StoredObservation:
+    """What the server writes for one received span (the events table row)."""
+    attributes = span.attributes
+    resource = span.resource_attributes
+    filtered = {key: value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                for key, value in attributes.items()
+                if key not in _IO_ATTRIBUTES and not key.startswith(_METADATA_ATTRIBUTE_PREFIXES)}
+    scope_name = span.scope_name or ""
+    metadata: dict[str, Any] = {} if scope_name.startswith("langfuse-sdk") else {"attributes": filtered}
+    metadata.update(resourceAttributes=dict(resource), scope={"name": span.scope_name, "attributes": {}})
+    # The row's own metadata, then the trace's over it: a trace key replaces the observation's.
+    metadata.update(_metadata_of(attributes, "langfuse.observation.metadata"))
+    metadata.update(_metadata_of(attributes, "langfuse.trace.metadata"))
+    environment = DEFAULT_ENVIRONMENT
+    for key in ("langfuse.environment", "deployment.environment.name", "deployment.environment"):
+        if attributes.get(key) or resource.get(key):
+            environment = normalize_environment(attributes.get(key) or resource.get(key))
+            break
+    tags = attributes.get("langfuse.trace.tags")
+    return StoredObservation(
+        id=span.span_id, trace_id=span.trace_id, parent_id=span.parent_span_id, type=span.type,
+        name=span.name, level=span.level, status_message=span.status_message,
+        environment=environment, metadata=metadata, input=span.input, output=span.output,
+        model=span.model, model_parameters=_model_parameters(attributes),
+        usage_details=span.usage_details, cost_details=span.cost_details,
+        trace_name=attributes.get("langfuse.trace.name") or None,
+        user_id=attributes.get("langfuse.user.id") or attributes.get("user.id") or None,
+        session_id=attributes.get("langfuse.session.id") or attributes.get("session.id") or None,
+        tags=list(tags) if isinstance(tags, list) else [],
+        release=attributes.get("langfuse.release") or resource.get("langfuse.release") or None,
+        start_time_unix_nano=span.start_time_unix_nano, end_time_unix_nano=span.end_time_unix_nano)
+
+
+def stored_trace(trace_id: str, spans: list["ReceivedSpan"]) -> StoredTrace:
+    """The trace-level aggregation of the server's reads (argMaxIf over the trace's rows, latest
+    first): the latest non-empty value of each trace attribute; metadata/input/output of the
+    latest row without a parent; the name falls back to the root's observation name."""
+    rows = [stored_row(span) for span in sorted(spans, key=lambda s: (s.received_at, s.request))]
+    if not rows:
+        raise KeyError(f"no span of trace {trace_id} was received")
+
+    def latest(value: Callable[[StoredObservation], Any]) -> Any:
+        for row in reversed(rows):
+            if value(row):
+                return value(row)
+        return None
+
+    roots = [row for row in rows if row.parent_id is None]
+    root = roots[-1] if roots else None
+    return StoredTrace(
+        id=trace_id, name=latest(lambda r: r.trace_name) or (root.name if root else None),
+        user_id=latest(lambda r: r.user_id), session_id=latest(lambda r: r.session_id),
+        tags=latest(lambda r: r.tags) or [], environment=latest(lambda r: r.environment),
+        release=latest(lambda r: r.release), metadata=dict(root.metadata) if root else {},
+        input=root.input if root else None, output=root.output if root else None,
+        observations=rows)
+
+
+# ---------------------------------------------------------------------------------------------
 # The inspection and fault API shared by the in-process receiver and the subprocess handle
 # ---------------------------------------------------------------------------------------------
 
@@ -251,6 +467,8 @@ _View = TypeVar("_View", bound="_ReceiverView")
 class _ReceiverView:
     public_key: str
     secret_key: str
+    profile: ServerProfile
+    v1_lag: float
 
     def _snapshot(self) -> _Snapshot:
         raise NotImplementedError
@@ -297,6 +515,14 @@ class _ReceiverView:
         for span in self.spans(trace_id):
             links.setdefault(span.span_id, span.parent_span_id)
         return links
+
+    def trace(self, trace_id: str) -> StoredTrace:
+        """The trace as a user sees it in Langfuse (KeyError when none of its spans arrived)."""
+        return stored_trace(trace_id, self.spans(trace_id))
+
+    def stored(self, span_id: str) -> StoredObservation:
+        """The first stored row of an observation, as the UI shows it (KeyError when none)."""
+        return stored_row(self.observation(span_id))
 
     def scores(self) -> list[ReceivedScore]:
         """Current scores: one per (id, name, day); the latest write wins."""
@@ -356,6 +582,11 @@ class _ReceiverView:
         """Close the listening socket and every open connection (clients get connection refused),
         and listen again on the same port after `seconds`."""
         self._control("down", seconds=seconds)
+
+    def set_v1_lag(self, seconds: float) -> None:
+        """How long a stored span stays invisible to the v1 observations listing."""
+        self.v1_lag = float(seconds)
+        self._control("set_v1_lag", seconds=seconds)
 
     def clear_faults(self) -> None:
         self._control("clear_faults")
@@ -488,11 +719,14 @@ def _check_langfuse_attributes(attributes: dict[str, Any], project_rules: bool,
         tags = attributes["langfuse.trace.tags"]
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
             problems.append(f"langfuse.trace.tags must be an array of strings, got {tags!r:.80}")
-    if "langfuse.environment" in attributes:
+    if "langfuse.environment" in attributes and project_rules:
+        # Langfuse itself never refuses an environment: it stores `default` instead (see
+        # normalize_environment). Sending one it would change is this project's bug.
         environment = attributes["langfuse.environment"]
-        if not isinstance(environment, str) or not _ENVIRONMENT.fullmatch(environment):
-            problems.append(f"langfuse.environment {environment!r} must be 1-40 of [a-z0-9_-] "
-                            "and not start with 'langfuse'")
+        stored = normalize_environment(environment)
+        if environment != stored:
+            problems.append(f"[project rule] langfuse.environment {environment!r} is stored by "
+                            f"Langfuse as {stored!r}: normalise it where it is set")
     if "langfuse.observation.completion_start_time" in attributes:
         value = attributes["langfuse.observation.completion_start_time"]
         try:
@@ -752,8 +986,11 @@ def _parse_iso(value: Any) -> dt.datetime:
     return parsed
 
 
-def _validate_score(body: Any, project_rules: bool) -> tuple[dict[str, Any] | None, list[str]]:
-    """Returns (ReceivedScore fields minus request/received_at/body, problems)."""
+def _validate_score(body: Any, project_rules: bool, timestamp_kept: bool = True
+                    ) -> tuple[dict[str, Any] | None, list[str]]:
+    """Returns (ReceivedScore fields minus request/received_at/body, problems). Without
+    `timestamp_kept` (v4.16 and older) a sent timestamp is dropped, as their body schema has none:
+    the score gets the time it was received."""
     if not isinstance(body, dict):
         return None, ["a score must be a JSON object"]
     problems: list[str] = []
@@ -799,19 +1036,20 @@ def _validate_score(body: Any, project_rules: bool) -> tuple[dict[str, Any] | No
         observation_id = body.get("observationId")
         if isinstance(observation_id, str) and not _SPAN_ID.fullmatch(observation_id):
             problems.append(rule + f"observationId {observation_id!r:.60} must be 16 lowercase hex")
-        if body.get("timestamp") is None:
+        if timestamp_kept and body.get("timestamp") is None:
             problems.append(rule + "timestamp is required (the overwrite key includes its day; "
                             "without it a re-send on another day duplicates the score)")
     if body.get("configId") is not None:
         problems.append(f"score config {body['configId']!r} does not exist")
-    if isinstance(body.get("environment"), str) and not _ENVIRONMENT.fullmatch(body["environment"]):
-        problems.append(f"environment {body['environment']!r} must be 1-40 of [a-z0-9_-] and "
-                        "not start with 'langfuse'")
+    if (project_rules and body.get("environment") is not None
+            and body["environment"] != normalize_environment(body["environment"])):
+        problems.append(rule + f"environment {body['environment']!r} is stored by Langfuse as "
+                        f"{normalize_environment(body['environment'])!r}: normalise it where it is set")
     if body.get("source") is not None and body["source"] not in ("API", "ANNOTATION"):
         problems.append(f"source {body['source']!r} must be API or ANNOTATION")
     if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
         problems.append("metadata must be a JSON object")
-    timestamp = body.get("timestamp")
+    timestamp = body.get("timestamp") if timestamp_kept else None
     if timestamp is not None:
         try:
             _parse_iso(timestamp)
@@ -832,7 +1070,7 @@ def _validate_score(body: Any, project_rules: bool) -> tuple[dict[str, Any] | No
         "timestamp": timestamp or dt.datetime.now(dt.timezone.utc).isoformat(),
         "comment": body.get("comment"),
         "metadata": body.get("metadata"),
-        "environment": body.get("environment"),
+        "environment": normalize_environment(body.get("environment")),
     }, []
 
 
@@ -849,6 +1087,7 @@ def _iso_ms(unix_nano: int) -> str:
 
 def _observation_json(span: ReceivedSpan, groups: set[str]) -> dict[str, Any]:
     attributes = {**span.resource_attributes, **span.attributes}
+    row = stored_row(span)
     result: dict[str, Any] = {
         "id": span.span_id, "traceId": span.trace_id,
         "startTime": _iso_ms(span.start_time_unix_nano),
@@ -859,9 +1098,8 @@ def _observation_json(span: ReceivedSpan, groups: set[str]) -> dict[str, Any]:
         result.update(
             name=span.name, level=span.level, statusMessage=span.status_message,
             version=attributes.get("langfuse.version"),
-            environment=attributes.get("langfuse.environment", "default"),
-            bookmarked=False, public=False, userId=attributes.get("user.id"),
-            sessionId=attributes.get("session.id"),
+            environment=row.environment, bookmarked=False, public=False, userId=row.user_id,
+            sessionId=row.session_id,
             isRootObservation=span.parent_span_id is None)
     if "time" in groups:
         received = dt.datetime.fromtimestamp(span.received_at, dt.timezone.utc).isoformat()
@@ -870,14 +1108,9 @@ def _observation_json(span: ReceivedSpan, groups: set[str]) -> dict[str, Any]:
     if "io" in groups:
         result.update(input=span.input, output=span.output)
     if "metadata" in groups:
-        result["metadata"] = span.metadata
+        result["metadata"] = row.metadata
     if "model" in groups:
-        parameters = attributes.get("langfuse.observation.model.parameters")
-        try:
-            parameters = json.loads(parameters) if isinstance(parameters, str) else parameters
-        except ValueError:
-            pass
-        result.update(model=span.model, internalModelId=None, modelParameters=parameters)
+        result.update(model=span.model, internalModelId=None, modelParameters=row.model_parameters)
     if "usage" in groups:
         total = span.cost_details.get("total") if span.cost_details else None
         result.update(usageDetails=span.usage_details, costDetails=span.cost_details,
@@ -888,9 +1121,7 @@ def _observation_json(span: ReceivedSpan, groups: set[str]) -> dict[str, Any]:
         result.update(latency=(span.end_time_unix_nano - span.start_time_unix_nano) / 1e9,
                       timeToFirstToken=None)
     if "trace_context" in groups:
-        result.update(tags=attributes.get("langfuse.trace.tags", []),
-                      release=attributes.get("langfuse.release"),
-                      traceName=attributes.get("langfuse.trace.name"))
+        result.update(tags=row.tags, release=row.release, traceName=row.trace_name)
     return result
 
 
@@ -946,6 +1177,13 @@ class _Outcome:
 
 def _error(status: int, message: str, key: str = "message", **extra: Any) -> _Outcome:
     return _Outcome(status, {key: message, **extra}, error=message)
+
+
+def _zod_error(issues: list[dict[str, Any]]) -> _Outcome:
+    """How the server's route middleware answers a body that fails its zod schema."""
+    outcome = _Outcome(400, {"message": "Invalid request data", "error": issues})
+    outcome.error = "Invalid request data: " + json.dumps(issues)
+    return outcome
 
 
 class _BodyTooLarge(Exception):
@@ -1129,7 +1367,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _process(self, route: str, query: str, body: bytes, number: int) -> _Outcome:
         receiver = self.server.receiver
         expected_method = {"traces": "POST", "scores": "POST", "observations": "GET",
-                           "health": "GET"}.get(route)
+                           "health": "GET", "projects": "GET"}.get(route)
         if expected_method is None:
             return _error(404, f"No route {self.command} {urlsplit(self.path).path}")
         if self.command != expected_method:
@@ -1146,6 +1384,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return receiver._ingest_traces(self.headers, body, number)
         if route == "scores":
             return receiver._ingest_scores(self.headers, body, number)
+        if urlsplit(self.path).path == OBSERVATIONS_V1_PATH:
+            return receiver._list_observations_v1(query)
+        if route == "projects":
+            return _Outcome(200, {"data": [{"id": "project-test", "name": "test project",
+                                            "organization": {"id": "org-test", "name": "test org"},
+                                            "metadata": {}}]})
         return receiver._list_observations(query)
 
     def _serve_control(self, action: str) -> None:
@@ -1190,11 +1434,14 @@ class LangfuseReceiver(_ReceiverView):
 
     def __init__(self, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test", *,
                  port: int = 0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 strict_project_rules: bool = True, state_file: str | Path | None = None):
+                 strict_project_rules: bool = True, state_file: str | Path | None = None,
+                 profile: str = "latest", v1_lag: float | None = None):
         self.public_key = public_key
         self.secret_key = secret_key
         self.max_body_bytes = max_body_bytes
         self.strict_project_rules = strict_project_rules
+        self.profile = PROFILES[profile]
+        self.v1_lag = self.profile.v1_lag if v1_lag is None else float(v1_lag)
         self._port = port
         self._lock = threading.RLock()
         self._lifecycle = threading.Lock()
@@ -1329,6 +1576,12 @@ class LangfuseReceiver(_ReceiverView):
                 self._failing_traces = {}
                 if self._journal is not None:
                     self._journal.truncate(0)
+            return
+        if action == "set_v1_lag":
+            seconds = float(params["seconds"])
+            if seconds < 0:
+                raise ValueError("seconds must not be negative")
+            self.v1_lag = seconds
             return
         if action == "clear_faults":
             with self._lock:
@@ -1498,12 +1751,27 @@ class LangfuseReceiver(_ReceiverView):
         except (ValueError, UnicodeDecodeError):
             return _error(400, "Invalid JSON body")
         received_at = time.time()
+        timestamp_kept = self.profile.score_timestamp_kept
 
         def record(fields: dict[str, Any], raw: dict[str, Any]) -> ReceivedScore:
             return ReceivedScore(request=number, body=raw, received_at=received_at, **fields)
 
-        if isinstance(payload, dict):   # the single-score shape of the published OpenAPI spec
-            fields, problems = _validate_score(payload, self.strict_project_rules)
+        if not self.profile.scores_as_list:
+            # `PostScoresBodyV1` is one object; zod's parse of anything else throws, and the route's
+            # middleware answers 400 "Invalid request data" with the issues (one per side of the
+            # schema's intersection).
+            if not isinstance(payload, dict):
+                received = "array" if isinstance(payload, list) else type(payload).__name__
+                issue = {"expected": "object", "code": "invalid_type", "path": [],
+                         "message": f"Invalid input: expected object, received {received}"}
+                return _zod_error([issue, issue])
+            fields, problems = _validate_score(payload, self.strict_project_rules, timestamp_kept)
+            if problems:
+                return _zod_error([{"code": "custom", "path": [], "message": p} for p in problems])
+            self._store_score(record(fields, payload))
+            return _Outcome(200, {"id": fields["id"]})
+        if isinstance(payload, dict):   # the single-score shape of the older servers
+            fields, problems = _validate_score(payload, self.strict_project_rules, timestamp_kept)
             if problems:
                 return _error(400, "Invalid score: " + "; ".join(problems))
             self._store_score(record(fields, payload))
@@ -1512,7 +1780,7 @@ class LangfuseReceiver(_ReceiverView):
             return _error(400, "Body must be a non-empty JSON array of scores")
         accepted, errors = [], []
         for index, raw in enumerate(payload):
-            fields, problems = _validate_score(raw, self.strict_project_rules)
+            fields, problems = _validate_score(raw, self.strict_project_rules, timestamp_kept)
             if problems:
                 label = (f"scores[{index}] (id={raw.get('id')!r}, name={raw.get('name')!r})"
                          if isinstance(raw, dict) else f"scores[{index}]")
@@ -1529,6 +1797,10 @@ class LangfuseReceiver(_ReceiverView):
         return outcome
 
     def _list_observations(self, query: str) -> _Outcome:
+        if not self.profile.observations_v2:
+            # LANGFUSE_MIGRATION_V4_ALLOW_PREVIEW_OPT_IN is not "true": LangfuseNotFoundError.
+            return _Outcome(404, {"message": V2_OBSERVATIONS_UNAVAILABLE, "error": "LangfuseNotFoundError"},
+                            error=V2_OBSERVATIONS_UNAVAILABLE)
         params = parse_qs(query, keep_blank_values=True)
         if params.get("filter", [""])[0]:
             return _error(501, "The test receiver does not implement the `filter` parameter")
@@ -1573,6 +1845,39 @@ class LangfuseReceiver(_ReceiverView):
                               "meta": meta})
 
 
+    def _list_observations_v1(self, query: str) -> _Outcome:
+        """GET /api/public/observations: page-paginated (limit 1-100), every stored copy, each
+        readable only `v1_lag` seconds after it arrived (on the v3 line the listing reads tables
+        that a queue fills), whatever its ingestion header."""
+        params = {name: values[0] for name, values in parse_qs(query, keep_blank_values=True).items()}
+        issues = []
+        try:
+            page = int(params.get("page") or 1)
+            limit = int(params.get("limit") or 50)
+        except ValueError:
+            page, limit = 0, 0
+        if page < 1:
+            issues.append({"code": "too_small", "path": ["page"], "message": "Too small: expected number to be >0"})
+        if not 1 <= limit <= 100:
+            issues.append({"code": "too_big" if limit > 100 else "too_small", "path": ["limit"],
+                           "message": "limit must be an integer between 1 and 100"})
+        if issues:
+            return _zod_error(issues)
+        visible_before = time.time() - self.v1_lag
+        with self._lock:
+            spans = [s for s in self._spans if s.received_at <= visible_before]
+        for name, value in params.items():
+            check = _OBSERVATION_FILTERS.get(name)
+            if check is not None and name not in ("fromStartTime", "toStartTime"):
+                spans = [s for s in spans if check(s, value)]
+        spans.sort(key=lambda s: (-s.start_time_unix_nano, s.request))
+        window = spans[(page - 1) * limit:page * limit]
+        groups = OBSERVATION_FIELD_GROUPS - {"trace_context"}
+        return _Outcome(200, {"data": [_observation_json(s, set(groups)) for s in window],
+                              "meta": {"page": page, "limit": limit, "totalItems": len(spans),
+                                       "totalPages": math.ceil(len(spans) / limit)}})
+
+
 # ---------------------------------------------------------------------------------------------
 # The receiver as a separate process
 # ---------------------------------------------------------------------------------------------
@@ -1588,11 +1893,14 @@ class ReceiverProcess(_ReceiverView):
 
     def __init__(self, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test", *,
                  port: int = 0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 strict_project_rules: bool = True, state_file: str | Path | None = None):
+                 strict_project_rules: bool = True, state_file: str | Path | None = None,
+                 profile: str = "latest", v1_lag: float | None = None):
         self.public_key = public_key
         self.secret_key = secret_key
         self.max_body_bytes = max_body_bytes
         self.strict_project_rules = strict_project_rules
+        self.profile = PROFILES[profile]
+        self.v1_lag = self.profile.v1_lag if v1_lag is None else float(v1_lag)
         self.state_file = Path(state_file) if state_file else None
         self._port = port
         self.proc: subprocess.Popen[bytes] | None = None
@@ -1608,7 +1916,8 @@ class ReceiverProcess(_ReceiverView):
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "tests.support.langfuse_receiver", "--port", str(self._port),
                 "--public-key", self.public_key, "--secret-key", self.secret_key,
-                "--max-body-bytes", str(self.max_body_bytes)]
+                "--max-body-bytes", str(self.max_body_bytes), "--profile", self.profile.name,
+                "--v1-lag", str(self.v1_lag)]
         if not self.strict_project_rules:
             args.append("--no-project-rules")
         if self.state_file is not None:
@@ -1702,11 +2011,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="enforce only Langfuse's own contract")
     parser.add_argument("--state-file", help="JSON-lines journal of everything accepted; "
                                              "replayed at start so data survives restarts")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="latest",
+                        help="the Langfuse server generation to behave as")
+    parser.add_argument("--v1-lag", type=float, default=None,
+                        help="seconds before a span shows in GET /api/public/observations "
+                             "(default: the profile's)")
     args = parser.parse_args(argv)
     receiver = LangfuseReceiver(args.public_key, args.secret_key, port=args.port,
                                 max_body_bytes=args.max_body_bytes,
                                 strict_project_rules=not args.no_project_rules,
-                                state_file=args.state_file).start()
+                                state_file=args.state_file, profile=args.profile,
+                                v1_lag=args.v1_lag).start()
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

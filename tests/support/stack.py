@@ -1,6 +1,7 @@
 """A whole pipeline on 127.0.0.1 for integration tests: a real redis-server, a strict Langfuse
-receiver, dispatchers and workers as separate processes (`codex-langfuse dispatch|worker`),
-started and stopped by pid. Timings are compressed through settings, never asserted."""
+receiver of a chosen server profile (`latest`, `v4.16`, `v3`), dispatchers and workers as separate
+processes (`codex-langfuse dispatch|worker`), started and stopped by pid. Timings are compressed
+through settings, never asserted."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from tests.support.langfuse_receiver import LangfuseReceiver
 from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
+# What child processes import from: this checkout's tests, and the package wherever the caller has
+# it (an installed sdist's tests run against the installed package, not a checkout's).
+PYTHONPATH = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 # Compressed timings for tests: leases, sweeps and retries in seconds, not minutes.
 FAST = {
@@ -34,15 +38,18 @@ FAST = {
     "CODEX_LANGFUSE_WORKER_TTL": "15",
     "CODEX_LANGFUSE_JOB_MONITORING_INTERVAL": "5",
     "CODEX_LANGFUSE_MAINTENANCE_INTERVAL": "5",
+    "CODEX_LANGFUSE_IN_DOUBT_WAIT": "6",
 }
 
 
 class Stack:
-    def __init__(self, tmp: Path, receiver: LangfuseReceiver | None = None, **overrides: Any):
+    def __init__(self, tmp: Path, receiver: LangfuseReceiver | None = None, profile: str = "latest",
+                 redis_server: RedisServer | None = None, **overrides: Any):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.redis_server = RedisServer().start()
-        self.receiver = receiver or LangfuseReceiver().start()
+        self.redis_server = (redis_server or RedisServer()).start()
+        self.receiver = receiver or LangfuseReceiver(profile=profile).start()
+        self.profile = self.receiver.profile.name
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_LANGFUSE_", "LANGFUSE_"))},
             **FAST,
@@ -52,7 +59,7 @@ class Stack:
             "LANGFUSE_BASE_URL": self.receiver.base_url,
             "CODEX_LANGFUSE_SPOOL_DIR": str(self.tmp / "spool"),
             "CODEX_LANGFUSE_SINK_DIR": str(self.tmp / "sink"),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": PYTHONPATH,
             **{f"CODEX_LANGFUSE_{k.upper()}": str(v) for k, v in overrides.items()},
         }
         self.processes: dict[str, subprocess.Popen] = {}
@@ -124,20 +131,28 @@ class Stack:
     # ---- feeding and waiting ----
 
     def feed(self, run_id: str, lines: Iterable[bytes], *, meta: dict[str, Any] | None = None,
-             exit_code: int | None = 0, ts0: int | None = None) -> int:
+             exit_code: int | None = 0, ts0: int | None = None, inst: str | None = None) -> int:
         """Write a run straight onto the stream, as a producer would (entry format of README)."""
-        settings = self.settings()
-        ts = ts0 if ts0 is not None else int(time.time() * 1e6)
-        client = self.redis
-        entries = [("start", json.dumps(meta or {}).encode())]
-        entries += [("line", line) for line in lines]
-        entries.append(("end", json.dumps({"exit_code": exit_code, "signal": None, "reason": "exited"}).encode()))
-        with client.pipeline(transaction=False) as pipe:
-            for seq, (kind, data) in enumerate(entries):
-                pipe.xadd(settings.stream, {"v": "1", "run": run_id, "seq": str(seq), "ts": str(ts + seq * 1000),
-                                            "kind": kind, "data": data})
-            pipe.execute()
+        entries = self.entries(run_id, lines, meta=meta, exit_code=exit_code, ts0=ts0, inst=inst)
+        self.xadd(entries)
         return len(entries)
+
+    def entries(self, run_id: str, lines: Iterable[bytes], *, meta: dict[str, Any] | None = None,
+                exit_code: int | None = 0, ts0: int | None = None, inst: str | None = None) -> list[dict[str, Any]]:
+        """The stream entries of a run (`inst`: the producer's run instance field, when it sends one)."""
+        ts = ts0 if ts0 is not None else int(time.time() * 1e6)
+        data = [("start", json.dumps(meta or {}).encode())]
+        data += [("line", line) for line in lines]
+        data.append(("end", json.dumps({"exit_code": exit_code, "signal": None, "reason": "exited"}).encode()))
+        return [{"v": "1", "run": run_id, "seq": str(seq), "ts": str(ts + seq * 1000), "kind": kind, "data": payload,
+                 **({"inst": inst} if inst else {})} for seq, (kind, payload) in enumerate(data)]
+
+    def xadd(self, entries: Iterable[dict[str, Any]]) -> None:
+        stream = self.settings().stream
+        with self.redis.pipeline(transaction=False) as pipe:
+            for fields in entries:
+                pipe.xadd(stream, fields)
+            pipe.execute()
 
     def settled(self, run_ids: Iterable[str]) -> bool:
         """Every run closed, with nothing left to fold or deliver."""

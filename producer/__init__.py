@@ -34,6 +34,7 @@ from codex_langfuse.producer.entries import (
     END_REASON_EXITED,
     END_REASONS,
     ENTRY_VERSION,
+    INST_PATTERN,
     KIND_END,
     KIND_LINE,
     KIND_META,
@@ -74,11 +75,11 @@ class Run:
     started with the same run id can be told apart.
     """
 
-    def __init__(self, producer: "Producer", run_id: str, parent: str | None = None):
+    def __init__(self, producer: "Producer", run_id: str, parent: str | None = None, inst: str | None = None):
         self.run_id = run_id
         joined = parse_traceparent(parent)
         self.trace_id = joined[0] if joined else trace_id(run_id)  # the caller's when the run joined it
-        self.inst = new_instance_id()
+        self.inst = inst or new_instance_id()
         self._producer = producer
         self._sender = producer._sender
         self._put = producer._sender.put
@@ -290,6 +291,7 @@ class Producer:
         parent: str | None = None,
         set_trace_attributes: bool = False,
         ts: int | None = None,
+        inst: str | None = None,
         **extra: Any,
     ) -> Run:
         """Start a run and queue its `start` entry (seq 0). Raises ValueError only for a run id that
@@ -300,11 +302,15 @@ class Producer:
         `parent`: a W3C `traceparent` (e.g. the caller's `TRACEPARENT`): the run joins that trace, its
         root a child of that span, and leaves the trace's name, metadata, input and output to the
         caller unless `set_trace_attributes`. An invalid one is ignored with a warning.
-        `ts`: when the run started, for a replayed history (default: now)."""
+        `ts`: when the run started, for a replayed history (default: now). `inst`: the run instance on
+        every entry (default: drawn at random); a history sent again passes the same one each time
+        (entries.replayed_instance_id), so a second sending is not taken for a run reusing the id."""
         if run_id is None:
             run_id = new_run_id()
         if not is_valid_run_id(run_id):
             raise ValueError(f"run id must be 1-128 characters of [A-Za-z0-9._:-], not {run_id!r}")
+        if inst is not None and not (isinstance(inst, str) and INST_PATTERN.fullmatch(inst)):
+            raise ValueError(f"inst must be 1-64 characters of [A-Za-z0-9._-], not {inst!r}")
         if environment is not None:
             environment = checked_environment(environment)
         if parent is not None and parse_traceparent(parent) is None:
@@ -324,7 +330,7 @@ class Producer:
         data["producer"] = {
             "name": "codex-langfuse", "version": __version__, "host": os.uname().nodename, "pid": os.getpid(),
         }
-        run = Run(self, run_id, parent=parent)
+        run = Run(self, run_id, parent=parent, inst=inst)
         with self._runs_lock:
             self._open_runs.add(run)
         # taken past the queue cap

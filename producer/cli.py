@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable, Sequence
 
 from codex_langfuse.producer import Producer, Run, __version__
@@ -270,6 +271,8 @@ def _start(args: argparse.Namespace, settings: ProducerSettings, after_start: Ca
         run_id=run_id, model=args.model or found_model, name=args.name,
         user_id=args.user_id, session_id=args.session_id, tags=args.tag, metadata=metadata,
         environment=args.environment, parent=parent, set_trace_attributes=args.set_trace_attributes,
+        # now, before the first read: the capture process may start the run after lines were read
+        ts=time.time_ns() // 1000,
         **start_data,
     )
 

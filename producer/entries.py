@@ -99,9 +99,18 @@ def is_valid_run_id(run_id: object) -> bool:
     return isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
 
 
+INST_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def new_instance_id() -> str:
     """The `inst` of a run just started: 64 random bits as 16 lowercase hex characters."""
     return os.urandom(8).hex()
+
+
+def replayed_instance_id(run_id: str) -> str:
+    """The `inst` of a run sent again from a record of it (`import`, `verify`): the same each time,
+    so that sending it twice is one run sent twice, not a second run reusing its id."""
+    return hashlib.sha256(f"replayed/{run_id}".encode("utf-8")).hexdigest()[:16]
 
 
 def new_run_id() -> str:

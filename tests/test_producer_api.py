@@ -14,6 +14,7 @@ import fakeredis
 import pytest
 
 from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
+from codex_langfuse.producer.entries import replayed_instance_id
 from tests.support.intercepted_redis import InterceptedClient
 
 HANG_GUARD = 60  # seconds; only keeps a broken build from hanging the suite
@@ -462,3 +463,16 @@ def test_emit_queues_the_line_it_was_given_and_the_sender_strips_and_fits_it(mak
     assert producer.close(10)
     lines = [(entry["data"], entry["trunc"]) for entry in stream_entries(fake_server) if entry["kind"] == "line"]
     assert lines == [(b"abc", None), (b"a\n", None), (b"01234567", 320)]
+
+
+def test_a_history_sent_again_keeps_its_inst_and_an_invalid_inst_is_refused(make_producer, fake_server):
+    """`import` and `verify` send a turn again under the same inst: one run sent twice, not a reuse."""
+    producer = make_producer()
+    again = [producer.start_run(run_id="codex:t:1", inst=replayed_instance_id("codex:t:1")) for _ in range(2)]
+    for run in again:
+        run.finish(0)
+    assert again[0].inst == again[1].inst == replayed_instance_id("codex:t:1") != replayed_instance_id("codex:t:2")
+    with pytest.raises(ValueError):
+        producer.start_run(run_id="r", inst="not/an inst")
+    assert producer.close(10)
+    assert {entry["inst"] for entry in stream_entries(fake_server)} == {again[0].inst}

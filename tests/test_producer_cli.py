@@ -154,6 +154,7 @@ def test_run_passes_codex_through_byte_for_byte_and_captures_every_line(fake_cod
     assert [entry["seq"] for entry in entries] == list(range(len(entries)))
     start, meta, *lines, end = entries
     assert start["kind"] == "start" and meta["kind"] == "meta" and end["kind"] == "end"
+    assert start["ts"] <= min(entry["ts"] for entry in entries[1:])
     assert {key: start["data"][key] for key in ("prompt", "cwd", "tags", "metadata", "name", "user_id", "environment")} == {
         "prompt": "fix the bug", "cwd": str(tmp_path), "tags": ["nightly"], "metadata": {"ci": "yes"},
         "name": "bench", "user_id": "u1", "environment": "test",
@@ -336,6 +337,8 @@ def test_tee_copies_stdin_to_stdout_and_captures_the_lines(environment, redis_se
     assert via.stdout == stream
     entries = stream_entries(redis_server, "tee-run")
     assert entries[0]["kind"] == "start" and entries[0]["data"]["session_id"] == "s-1"
+    # the run starts before anything was read, though the capture process queues the start entry
+    assert entries[0]["ts"] <= min(entry["ts"] for entry in entries[1:])
     assert [entry["data"] for entry in entries if entry["kind"] == "line"] == expected_lines(stream)
     assert entries[-1]["data"] == {"exit_code": None, "signal": None, "reason": "eof"}
 

@@ -2,7 +2,7 @@
 
 Why a process: the copying loop must keep pace with `cat`, and a sender thread in the same
 interpreter makes every one of its system calls wait for the GIL (up to the 5 ms switch interval
-each; measured here: 25-45 MB/s, against 400-600 MB/s with nothing else in the process). So the
+each; measured here: 30-95 MB/s, against 285-640 MB/s with capture in a process of its own). So the
 bridge process (the parent) does nothing but copy, and hands every read to the child through a
 journal:
 

@@ -231,3 +231,64 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def command_line() -> str:
     return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+
+
+# ---- profiles ----
+
+class Sampler:
+    """py-spy sampling processes by pid while a phase runs (`--profile DIR`), each writing the
+    collapsed stacks to DIR/<label>.txt, and a summary of where the time went (`hot`)."""
+
+    def __init__(self, directory: str | None):
+        self.directory = Path(directory) if directory else None
+        self.running: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, label: str, pid: int, subprocesses: bool = False) -> None:
+        if self.directory is None:
+            return
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        out = self.directory / f"{label}.txt"
+        command = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(out),
+                   "--nonblocking"] + (["--subprocesses"] if subprocesses else [])
+        self.running.append((subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
+
+    def stop(self) -> list[Path]:
+        done = []
+        for process, out in self.running:
+            process.send_signal(2)  # SIGINT: py-spy writes its file and exits
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            done.append(out)
+            print(f"profile {out}:\n{hot(out)}", flush=True)
+        self.running.clear()
+        return done
+
+
+def hot(path: Path, top: int = 25) -> str:
+    """The functions with the most samples on the stack (inclusive) and at its top (self)."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return "  (no profile written)"
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \(.*?([^/]+\.py):\d+\)", r" (\1)", f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return "  (no samples)"
+    rows = [f"  {total} samples; inclusive:"]
+    rows += [f"    {n / total:6.1%}  {f}" for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:top]]
+    rows += ["  self:"] + [f"    {n / total:6.1%}  {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(rows)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Literal
 import redis
 from pydantic import BaseModel
 
-from codex_langfuse.ingest.items import slot
+from codex_langfuse.ingest.items import Item, Span, slot
 from codex_langfuse.ingest.keys import Keys
 
 
@@ -31,8 +31,10 @@ class DeadLetter(BaseModel):
     last_failure: float
 
     @classmethod
-    def new(cls, run_id: str, trace_id: str, kind: str, items: list[dict[str, Any]], reason: str, message: str,
+    def new(cls, run_id: str, trace_id: str, kind: str, items: Iterable[Item], reason: str, message: str,
             attempts: int = 1, first_failure: float | None = None) -> "DeadLetter":
+        """A letter of these items (encoded spans are kept decoded: a letter is read by people too)."""
+        items = [item.decode() if isinstance(item, Span) else item for item in items]
         now = time.time()
         ids = ",".join(slot(item) for item in items)
         digest = hashlib.sha256(f"{run_id}|{kind}|{ids}".encode()).hexdigest()[:20]

@@ -1,10 +1,11 @@
-"""Sending a trace's spans and scores exactly once.
+"""Sending spans and scores exactly once, those of several traces together.
 
 `Delivery.send_spans` consults the ledger before sending, sends in batches bounded by count and
-size, records each accepted batch in the ledger at once, splits a batch Langfuse refuses as a
-whole (400, 413) to keep the good spans and isolate the bad ones, and stops at the first
-transient failure so the caller can retry later. The callers (a run's outbox, a replay of dead
-letters) keep their own books with the `SendReport`.
+size (the spans of many runs share a request), records each accepted batch in the ledger at
+once, splits a batch Langfuse refuses as a whole (400, 413) to keep the good spans and isolate
+the bad ones, and stops at the first transient failure so the caller can retry later. The
+callers (runs' outboxes, a replay of dead letters) keep their own books with the `SendReport`,
+whose keys are (trace id, ledger key) pairs.
 
 A span whose last send ended in doubt (the ledger's doubts) is first looked up in Langfuse's
 observations listing; the check never blocks delivery: what the real-time v2 listing does not
@@ -23,10 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from codex_langfuse.ingest.items import ledger_key
-from codex_langfuse.ingest.ledger import Ledger
+from codex_langfuse.ingest.items import Item, Span, ledger_key
+from codex_langfuse.ingest.ledger import Key, Ledger, by_trace
 from codex_langfuse.ingest.observations import Score
-from codex_langfuse.ingest.otlp import span_size
 from codex_langfuse.ingest.transport import (
     FORBIDDEN,
     NOT_FOUND,
@@ -47,13 +47,18 @@ SHRUNK_FIELD_CHARS = 4000
 IN_DOUBT_WAIT = 600.0  # seconds an unconfirmed in-doubt span is held back before it is sent again
 
 
+def key(item: Item) -> Key:
+    """How the ledger knows an item: (its trace id, its ledger key)."""
+    return (item.trace_id, item.span_id) if isinstance(item, Span) else (item["traceId"], ledger_key(item))
+
+
 @dataclass
 class SendReport:
-    accepted: list[str] = field(default_factory=list)  # keys newly accepted by Langfuse
-    skipped: list[str] = field(default_factory=list)  # keys Langfuse already had
-    rejected: list[tuple[list[dict[str, Any]], DeliveryError]] = field(default_factory=list)
+    accepted: list[Key] = field(default_factory=list)  # newly accepted by Langfuse
+    skipped: list[Key] = field(default_factory=list)  # Langfuse already had them
+    rejected: list[tuple[list[Any], DeliveryError]] = field(default_factory=list)
     transient: DeliveryError | None = None  # why sending stopped early
-    unsent: list[dict[str, Any]] = field(default_factory=list)  # not sent because of `transient`
+    unsent: list[Any] = field(default_factory=list)  # not sent because of `transient`
 
 
 class _Stop(Exception):
@@ -84,11 +89,12 @@ def score_payload(score: Score) -> dict[str, Any]:
     return payload
 
 
-def shrink_span(span: dict[str, Any], max_chars: int = SHRUNK_FIELD_CHARS) -> dict[str, Any] | None:
+def shrink_span(span: Span, max_chars: int = SHRUNK_FIELD_CHARS) -> Span | None:
     """The span with every long string attribute cut, or None when nothing could be cut."""
+    decoded = span.decode()
     changed = False
     attributes = []
-    for attribute in span.get("attributes", []):
+    for attribute in decoded.get("attributes", []):
         value = attribute.get("value", {})
         text = value.get("stringValue")
         if isinstance(text, str) and len(text) > max_chars:
@@ -96,7 +102,7 @@ def shrink_span(span: dict[str, Any], max_chars: int = SHRUNK_FIELD_CHARS) -> di
             attribute = {"key": attribute["key"], "value": {"stringValue": text}}
             changed = True
         attributes.append(attribute)
-    return {**span, "attributes": attributes} if changed else None
+    return Span.encode({**decoded, "attributes": attributes}) if changed else None
 
 
 class Delivery:
@@ -111,28 +117,27 @@ class Delivery:
 
     # ---- spans ----
 
-    def send_spans(self, trace_id: str, spans: list[dict[str, Any]],
-                   keep_alive: Callable[[], None] = lambda: None) -> SendReport:
-        """`keep_alive` runs before each request: a worker renews its lease on the run there (and
-        stops, raising, if it lost it — another worker then delivers)."""
+    def send_spans(self, spans: list[Span], keep_alive: Callable[[], None] = lambda: None) -> SendReport:
+        """Spans of any traces. `keep_alive` runs before each request: a worker renews its leases
+        there (and stops, raising, if it lost one — another worker then delivers)."""
         report = SendReport()
-        done, doubtful = self.ledger.lookup(trace_id, [ledger_key(s) for s in spans])
-        held: dict[str, float] = {}
+        done, doubtful = self.ledger.lookup(key(s) for s in spans)
+        held: dict[Key, float] = {}
         why = ""
         if doubtful:
-            present, held, why = self._check(trace_id, doubtful, keep_alive)
-            self.ledger.record(trace_id, present)
+            present, held, why = self._check(doubtful, keep_alive)
+            self.ledger.record(present)
             done |= present
         report.skipped = sorted(done)
-        pending = [s for s in spans if ledger_key(s) not in done and ledger_key(s) not in held]
+        pending = [s for s in spans if key(s) not in done and key(s) not in held]
         batches = list(self._batches(pending))
         for index, batch in enumerate(batches):
             try:
-                self._send_span_batch(trace_id, batch, report, keep_alive)
+                self._send_span_batch(batch, report, keep_alive)
             except _Stop as stop:
                 report.transient = stop.error
                 accepted = set(report.accepted)
-                report.unsent = [s for b in batches[index:] for s in b if ledger_key(s) not in accepted]
+                report.unsent = [s for b in batches[index:] for s in b if key(s) not in accepted]
                 break
             if report.rejected and report.rejected[-1][1].reason in ACCOUNT_WIDE:
                 error = report.rejected[-1][1]
@@ -140,7 +145,7 @@ class Delivery:
                     report.rejected.append((rest, error))
                 break
         if held:
-            report.unsent += [s for s in spans if ledger_key(s) in held]
+            report.unsent += [s for s in spans if key(s) in held]
             if report.transient is None:
                 oldest = min(held.values())
                 report.transient = DeliveryError(
@@ -148,40 +153,43 @@ class Delivery:
                     f"Langfuse ({why}); asking again before sending them again", transient=True)
         return report
 
-    def _check(self, trace_id: str, doubtful: dict[str, float],
-               keep_alive: Callable[[], None]) -> tuple[set[str], dict[str, float], str]:
+    def _check(self, doubtful: dict[Key, float],
+               keep_alive: Callable[[], None]) -> tuple[set[Key], dict[Key, float], str]:
         """Of spans whose last send ended in doubt: (those Langfuse has, those still to hold back,
-        why they are held). The rest is to be sent again."""
-        try:
-            keep_alive()
-            presence = self.transport.existing_span_ids(trace_id)
-        except DeliveryError as error:
-            presence, why = None, f"its observations listing did not answer: {error.message[:200]}"
-        else:
-            why = "its v1 observations listing, which may lag, does not show them yet"
-        now = self.clock()
-        present = {key for key in doubtful if presence is not None and key in presence.span_ids}
-        held: dict[str, float] = {}
-        resend: list[str] = []
-        for key, sent_at in doubtful.items():
-            if key in present:
-                continue
-            if (presence is not None and presence.realtime) or now - sent_at >= self.in_doubt_wait:
-                resend.append(key)
+        why they are held). The rest is to be sent again. Langfuse is asked once per trace."""
+        present: set[Key] = set()
+        held: dict[Key, float] = {}
+        why = ""
+        for trace_id, ids in by_trace(doubtful).items():
+            try:
+                keep_alive()
+                presence = self.transport.existing_span_ids(trace_id)
+            except DeliveryError as error:
+                presence, why = None, f"its observations listing did not answer: {error.message[:200]}"
             else:
-                held[key] = sent_at
-        unconfirmed = [key for key in resend if presence is None or not presence.realtime]
-        if unconfirmed:
-            log.warning("trace %s: sending %d in-doubt span(s) again after %.0f s without a confirmation (%s); "
-                        "if Langfuse stored the first send, it now has two copies", trace_id, len(unconfirmed),
-                        self.in_doubt_wait, why)
+                why = "its v1 observations listing, which may lag, does not show them yet"
+            now = self.clock()
+            resend: list[str] = []
+            for i in ids:
+                sent_at = doubtful[(trace_id, i)]
+                if presence is not None and i in presence.span_ids:
+                    present.add((trace_id, i))
+                elif (presence is not None and presence.realtime) or now - sent_at >= self.in_doubt_wait:
+                    resend.append(i)
+                else:
+                    held[(trace_id, i)] = sent_at
+            unconfirmed = [i for i in resend if presence is None or not presence.realtime]
+            if unconfirmed:
+                log.warning("trace %s: sending %d in-doubt span(s) again after %.0f s without a confirmation (%s); "
+                            "if Langfuse stored the first send, it now has two copies", trace_id, len(unconfirmed),
+                            self.in_doubt_wait, why)
         return present, held, why
 
-    def _batches(self, spans: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-        batch: list[dict[str, Any]] = []
+    def _batches(self, spans: list[Span]) -> Iterator[list[Span]]:
+        batch: list[Span] = []
         size = 0
         for span in spans:
-            span_bytes = span_size(span)
+            span_bytes = len(span.data)
             if batch and (len(batch) >= self.max_spans or size + span_bytes > self.max_bytes):
                 yield batch
                 batch, size = [], 0
@@ -190,55 +198,55 @@ class Delivery:
         if batch:
             yield batch
 
-    def _send_span_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport,
-                         keep_alive: Callable[[], None]) -> None:
+    def _send_span_batch(self, batch: list[Span], report: SendReport, keep_alive: Callable[[], None]) -> None:
         keep_alive()
-        keys = [ledger_key(s) for s in batch]
-        self.ledger.doubt(trace_id, keys, self.clock())  # unmarked below once the answer says
+        keys = [key(s) for s in batch]
+        self.ledger.doubt(keys, self.clock())  # unmarked below once the answer says
         try:
             self.transport.export(batch)
         except DeliveryError as error:
             if not error.in_doubt:
-                self.ledger.settle(trace_id, keys)
+                self.ledger.settle(keys)
             if error.transient:
                 raise _Stop(error) from error
             if error.reason in (REJECTED, TOO_LARGE) and len(batch) > 1:
                 middle = len(batch) // 2
-                self._send_span_batch(trace_id, batch[:middle], report, keep_alive)
-                self._send_span_batch(trace_id, batch[middle:], report, keep_alive)
+                self._send_span_batch(batch[:middle], report, keep_alive)
+                self._send_span_batch(batch[middle:], report, keep_alive)
                 return
             if error.reason == TOO_LARGE:
                 smaller = shrink_span(batch[0])
                 if smaller is not None:
-                    self._send_span_batch(trace_id, [smaller], report, keep_alive)
+                    self._send_span_batch([smaller], report, keep_alive)
                     return
             report.rejected.append((batch, error))
             return
-        self.ledger.record(trace_id, keys)
+        self.ledger.record(keys)
         report.accepted.extend(keys)
 
     # ---- scores ----
 
-    def send_scores(self, trace_id: str, scores: list[dict[str, Any]],
-                    keep_alive: Callable[[], None] = lambda: None) -> SendReport:
+    def send_scores(self, scores: list[dict[str, Any]], keep_alive: Callable[[], None] = lambda: None) -> SendReport:
+        """Scores of any traces, in one request where the server takes a list (split only when it
+        refuses some)."""
         report = SendReport()
-        done = self.ledger.accepted(trace_id, (ledger_key(s) for s in scores))
+        done = self.ledger.accepted(key(s) for s in scores)
         report.skipped = sorted(done)
-        pending = [s for s in scores if ledger_key(s) not in done]
+        pending = [s for s in scores if key(s) not in done]
         try:
             if pending:
-                self._send_score_batch(trace_id, pending, report, keep_alive)
+                self._send_score_batch(pending, report, keep_alive)
         except _Stop as stop:
             report.transient = stop.error
             accepted = set(report.accepted)
-            report.unsent = [s for s in pending if ledger_key(s) not in accepted]
+            report.unsent = [s for s in pending if key(s) not in accepted]
         return report
 
-    def _send_score_batch(self, trace_id: str, batch: list[dict[str, Any]], report: SendReport,
+    def _send_score_batch(self, batch: list[dict[str, Any]], report: SendReport,
                           keep_alive: Callable[[], None]) -> None:
         if len(batch) > 1 and self.transport.one_score_per_request:
             for score in batch:
-                self._send_score_batch(trace_id, [score], report, keep_alive)
+                self._send_score_batch([score], report, keep_alive)
             return
         keep_alive()
         try:
@@ -248,11 +256,11 @@ class Delivery:
                 raise _Stop(error) from error
             if error.reason == ONE_SCORE_PER_REQUEST:  # the transport switched: the same scores, one by one
                 for score in batch:
-                    self._send_score_batch(trace_id, [score], report, keep_alive)
+                    self._send_score_batch([score], report, keep_alive)
                 return
             if error.reason == REJECTED and len(batch) > 1:
                 for score in batch:
-                    self._send_score_batch(trace_id, [score], report, keep_alive)
+                    self._send_score_batch([score], report, keep_alive)
                 return
             report.rejected.append((batch, error))
             return
@@ -261,10 +269,10 @@ class Delivery:
                 # 207 does not say which scores failed; a score with the same id overwrites, so
                 # sending them one by one is harmless and tells.
                 for score in batch:
-                    self._send_score_batch(trace_id, [score], report, keep_alive)
+                    self._send_score_batch([score], report, keep_alive)
                 return
             report.rejected.append((batch, DeliveryError("; ".join(outcome.errors)[:2000], transient=False)))
             return
-        keys = [ledger_key(s) for s in batch]
-        self.ledger.record(trace_id, keys)
+        keys = [key(s) for s in batch]
+        self.ledger.record(keys)
         report.accepted.extend(keys)

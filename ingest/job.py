@@ -1,10 +1,16 @@
-"""The RQ job: advance one run. A job is a wake-up for a run, not a carrier of events.
+"""The RQ job: advance a few runs. A job is a wake-up for runs, not a carrier of events.
 
-`process_run` takes the run's lease (one worker at a time per run, so its events are applied in
-order), folds every entry filed since the last step, commits the new state with the spans and
-scores that completed, then delivers the run's outbox. Runs proceed in parallel on any number
-of workers; a killed worker's lease expires and the next job for the run takes over from the
-last commit.
+`process_runs` takes the lease of each of its runs that no other worker holds (one worker at a
+time per run, so its events are applied in order), folds every entry filed since the run's last
+step, commits the new states with the spans and scores that completed, and delivers the runs'
+outboxes together (their spans share export requests). Then it lets them go and wakes again the
+runs whose next entries came meanwhile. Runs proceed in parallel on any number of workers; a
+killed worker's leases expire and the next job for a run takes over from its last commit.
+
+Live, not batched: a job folds for at most `STEP_SECONDS` before it delivers what completed (a
+run with a longer backlog is woken again for the rest), and a run that keeps writing is woken
+again as soon as its step is delivered, so an item reaches Langfuse about one job after the line
+that completed it.
 
 Entries that come for a closed run (or after their gap was given up) are folded as late: they
 never re-open it, and the run leaves the open runs either way. When a run is closed and all of
@@ -20,103 +26,194 @@ from typing import Any
 from codex_langfuse.ingest import logs, metrics
 from codex_langfuse.ingest.context import WorkerContext, context
 from codex_langfuse.ingest.delivery import score_payload
-from codex_langfuse.ingest.fold import FoldResult, RunState, close, fold, new_state, skip_gap
+from codex_langfuse.ingest.entries import Entry
+from codex_langfuse.ingest.fold import FoldContext, FoldResult, close, fold, new_state, skip_gap
+from codex_langfuse.ingest.items import Span
 from codex_langfuse.ingest.lease import LeaseLost
 from codex_langfuse.ingest.otlp import encode_span
-from codex_langfuse.ingest.outbox import deliver_outbox
+from codex_langfuse.ingest.outbox import Delivered, Parcel, deliver, parcel
+from codex_langfuse.ingest.runs import Step, Taken
+from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.wake import enqueue_runs
 
 log = logging.getLogger("codex_langfuse.worker")
 
+# Folding stops this long after a job started (or delivered last), and what completed is delivered.
+STEP_SECONDS = 0.2
+# Entries folded between two looks at the clock.
+CHUNK = 256
 
-def process_run(run_id: str) -> dict[str, Any]:
-    """Advance the run filed under run key `run_id`."""
-    with logs.for_run(run_id):
-        return _process_run(run_id)
 
-
-def _process_run(run_id: str) -> dict[str, Any]:
+def process_runs(runs: list[str]) -> dict[str, Any]:
+    """Advance the runs filed under these run keys."""
     ctx = context()
-    store = ctx.store
-    store.clear_wake(run_id)
-    token = store.acquire(run_id)
-    if token is None:
-        # The holder re-checks for new entries after releasing, so nothing is left behind.
-        return {"run": run_id, "skipped": "another worker holds the run"}
-    summary: dict[str, Any] = {"run": run_id, "observations": 0, "scores": 0}
-    state: RunState | None = None
+    taken = ctx.store.take(list(dict.fromkeys(runs)), ctx.settings.fold_batch)
+    summary: dict[str, Any] = {"runs": len(runs), "held_elsewhere": len(runs) - len(taken), "observations": 0,
+                               "scores": 0, "delivered": 0}
+    # The holder of a run this job could not take looks for new entries after letting it go,
+    # so nothing is left behind.
+    pending: list[tuple[Taken, Step]] = []
     try:
-        state = fold_new_entries(ctx, run_id, token, summary)
-        store.renew(run_id, token)
-        deliver_outbox(ctx, run_id, state.trace_id, summary, keep_alive=lambda: store.renew(run_id, token))
-    except LeaseLost:
-        summary["lease_lost"] = True
-        log.warning("run %s: lease lost, another worker continues", run_id)
-        return summary
+        started = time.monotonic()
+        for index, t in enumerate(taken):
+            with logs.for_run(t.run):
+                pending.append((t, advance(ctx, t, started + STEP_SECONDS, summary)))
+            if time.monotonic() - started >= STEP_SECONDS and index + 1 < len(taken):
+                flush(ctx, pending, summary)
+                pending = []
+                started = time.monotonic()
+        flush(ctx, pending, summary)
+        pending = []
     finally:
-        store.release(run_id, token)
-    if state.closed:
-        store.leave_active(run_id)
-        if summary.get("delivered") and not store.has_outbox(run_id):
-            metrics.runs_delivered.inc()
-            log.info("run %s: %d spans, $%.4f", run_id, state.spans, state.cost)
-    if store.has_unfolded(run_id, state.next_seq):
-        enqueue_runs(store, ctx.queue, [run_id])
-    else:
-        store.forget_if_idle(run_id)
+        if pending:  # an error before they were delivered: let them go, another job takes over
+            with ctx.redis.pipeline(transaction=False) as pipe:
+                for t, step in pending:
+                    ctx.store.finish(pipe, t.run, t.token, (step.state or t.state or new_state(t.run)).next_seq,
+                                     False)
+                pipe.execute()
     return summary
 
 
-def fold_new_entries(ctx: WorkerContext, run_id: str, token: str, summary: dict[str, Any]) -> RunState:
+def process_run(run_id: str) -> dict[str, Any]:
+    """Jobs queued by earlier versions name one run."""
+    return process_runs([run_id])
+
+
+def flush(ctx: WorkerContext, pending: list[tuple[Taken, Step]], summary: dict[str, Any]) -> None:
+    """Commit the steps, deliver the runs' outboxes, let the runs go, wake those with more to fold."""
+    if not pending:
+        return
+    store = ctx.store
+    committed = store.commit([step for _, step in pending])
+    now = time.time()
+    parcels: list[Parcel] = []
+    outcomes: dict[str, Delivered] = {}
+    live: list[tuple[Taken, Step, RunState]] = []
+    for t, step in pending:
+        state = step.state or t.state or new_state(t.run)
+        books = committed[t.run]
+        if books is None:
+            summary["lease_lost"] = summary.get("lease_lost", 0) + 1
+            with logs.for_run(t.run):
+                log.warning("run %s: lease lost, another worker continues", t.run)
+            continue
+        live.append((t, step, state))
+        found = parcel(ctx, t.run, state.trace_id, books, step.spans, step.scores, now)
+        if isinstance(found, Parcel):
+            parcels.append(found)
+        elif isinstance(found, Delivered):
+            outcomes[t.run] = found
+    leases = {t.run: t.token for t, _, _ in live}
+    try:
+        outcomes.update(deliver(ctx, parcels, keep_alive=Renewal(ctx, leases)))
+    except LeaseLost as lost:
+        summary["lease_lost"] = summary.get("lease_lost", 0) + 1
+        log.warning("%s: lease lost during delivery, another worker continues", lost)
+    with store.redis.pipeline(transaction=False) as pipe:
+        for t, _, state in live:
+            store.finish(pipe, t.run, t.token, state.next_seq, state.closed)
+        answers = pipe.execute()
+    again = []
+    for (t, _, state), (more, left) in zip(live, answers):
+        outcome = outcomes.get(t.run)
+        if outcome is not None:
+            summary["delivered"] += outcome.delivered
+            if outcome.retry_at:
+                summary.setdefault("retry_at", {})[t.run] = outcome.retry_at
+        if more:
+            again.append(t.run)
+        elif state.closed and not left and outcome is not None and outcome.delivered:
+            metrics.runs_delivered.inc()
+            with logs.for_run(t.run):
+                log.info("run %s: %d spans, $%.4f", t.run, state.spans, state.cost)
+    if again:
+        enqueue_runs(store, ctx.queue, again)
+
+
+class Renewal:
+    """`keep_alive` of a delivery: before a request, the job's leases must hold for its whole
+    length. The last commit renewed them; they are renewed again (and a lost one stops the
+    delivery) once a quarter of the lease went by, which leaves more than the request timeout
+    (at most half the lease, `Settings`)."""
+
+    def __init__(self, ctx: WorkerContext, leases: dict[str, str]):
+        self.ctx = ctx
+        self.leases = leases
+        self.renewed = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.renewed < self.ctx.settings.lease_seconds / 4:
+            return
+        lost = self.ctx.store.renew(self.leases)
+        if lost:
+            raise LeaseLost(", ".join(sorted(lost)))
+        self.renewed = time.monotonic()
+
+
+def advance(ctx: WorkerContext, t: Taken, deadline: float, summary: dict[str, Any]) -> Step:
+    """The fold step of one run: what to commit (its state None when nothing changed)."""
     store, settings = ctx.store, ctx.settings
-    state = store.load_state(run_id)
+    state = t.state
     if state is None:
-        state = new_state(run_id)
+        state = new_state(t.run)
         if state.instance is not None:
             log.warning("run %s: this run reused run id %s, which another run used first; both are delivered "
-                        "complete to trace %s, each with observations of its own", run_id, state.run_id,
+                        "complete to trace %s, each with observations of its own", t.run, state.run_id,
                         state.trace_id)
-    budget_ends = time.monotonic() + settings.lease_seconds / 2
-    while time.monotonic() < budget_ends:
-        now = time.time()
-        entries = store.read(run_id, state.next_seq, settings.fold_batch)
-        result: FoldResult
-        if entries:
-            result = fold(state, entries, ctx.fold_context())
-        else:
-            waiting, stale = store.waiting_after_gap(run_id, state.next_seq)
-            if stale:  # copies of folded entries, or late ones: `fold` tells them apart
-                entries = store.read_seqs(run_id, stale[:settings.fold_batch])
-                result = fold(state, entries, ctx.fold_context())
-            elif waiting is not None and state.closed:
-                result = skip_gap(state, waiting, int(now * 1e6), ctx.fold_context())  # nothing waits on it
-            elif waiting is not None:
-                if state.gap_since is None:
-                    state.gap_since = now
-                    store.commit(run_id, token, state, [], [], [], {})
-                    break
-                if now - state.gap_since < settings.gap_timeout:
-                    break
-                result = skip_gap(state, waiting, int(now * 1e6), ctx.fold_context())
-            elif not state.closed and is_idle(store.last_activity(run_id), now, settings.idle_timeout):
-                result = close(state, state.last_us or int(now * 1e6), "idle", ctx.fold_context())
-            else:
-                break
-        spans = [encode_span(o, ctx.policy) for o in result.observations]
-        scores = [score_payload(s) for s in result.scores]
-        late = result.state.counters.late_entries - state.counters.late_entries
-        if late:
-            metrics.entries_late.inc(late)
-            log.warning("run %s: %d entries arrived after the run was closed or given up; kept as late events",
-                        run_id, late)
-        result.state.spans += len(spans)
-        store.commit(run_id, token, result.state, spans, scores, [e.seq for e in entries], result.thread_totals)
-        metrics.events_folded.inc(len(entries))
-        summary["observations"] += len(spans)
-        summary["scores"] += len(scores)
-        state = result.state
-        store.renew(run_id, token)
-    return state
+    fctx = ctx.fold_context()
+    now = time.time()
+    entries: list[Entry] = t.entries
+    result: FoldResult | None = None
+    if entries:
+        result, entries = fold_until(state, entries, fctx, deadline)
+    elif t.filed:
+        waiting, stale = store.waiting_after_gap(t.run, state.next_seq)
+        if stale:  # copies of folded entries, or late ones: `fold` tells them apart
+            entries = store.read_seqs(t.run, stale[:settings.fold_batch])
+            result = fold(state, entries, fctx)
+        elif waiting is not None and state.closed:
+            result = skip_gap(state, waiting, int(now * 1e6), fctx)  # nothing waits on it
+        elif waiting is not None:
+            if state.gap_since is None:
+                return Step(t.run, t.token, state.model_copy(update={"gap_since": now}))
+            if now - state.gap_since < settings.gap_timeout:
+                return Step(t.run, t.token, None)
+            result = skip_gap(state, waiting, int(now * 1e6), fctx)
+    if result is None:
+        if state.closed or not is_idle(t.last_activity, now, settings.idle_timeout):
+            return Step(t.run, t.token, None)
+        result = close(state, state.last_us or int(now * 1e6), "idle", fctx)
+    spans = [Span.encode(encode_span(o, ctx.policy)) for o in result.observations]
+    scores = [score_payload(s) for s in result.scores]
+    late = result.state.counters.late_entries - state.counters.late_entries
+    if late:
+        metrics.entries_late.inc(late)
+        log.warning("run %s: %d entries arrived after the run was closed or given up; kept as late events",
+                    t.run, late)
+    result.state.spans += len(spans)
+    metrics.events_folded.inc(len(entries))
+    summary["observations"] += len(spans)
+    summary["scores"] += len(scores)
+    return Step(t.run, t.token, result.state, spans, scores, [e.seq for e in entries], result.thread_totals)
+
+
+def fold_until(state: RunState, entries: list[Entry], fctx: FoldContext, deadline: float
+               ) -> tuple[FoldResult, list[Entry]]:
+    """Fold `entries` a chunk at a time until they are done or `deadline` (monotonic) passed:
+    (the result, the entries folded)."""
+    total = FoldResult(state=state)
+    done = 0
+    while done < len(entries):
+        chunk = entries[done:done + CHUNK]
+        result = fold(total.state, chunk, fctx)
+        total.state = result.state
+        total.observations += result.observations
+        total.scores += result.scores
+        total.thread_totals.update(result.thread_totals)
+        done += len(chunk)
+        if time.monotonic() >= deadline:
+            break
+    return total, entries[:done]
 
 
 def is_idle(last_activity: float | None, now: float, idle_timeout: float) -> bool:

@@ -11,7 +11,7 @@ import uuid
 
 import redis
 
-_RENEW = """
+RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
@@ -29,7 +29,7 @@ class Leases:
     def __init__(self, connection: redis.Redis, seconds: float):
         self.redis = connection
         self.ms = int(seconds * 1000)
-        self._renew = connection.register_script(_RENEW)
+        self._renew = connection.register_script(RENEW)
         self._release = connection.register_script(_RELEASE)
 
     def acquire(self, key: str, owner: str = "") -> str | None:

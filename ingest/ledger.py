@@ -20,67 +20,103 @@ import redis
 from codex_langfuse.ingest.keys import Keys
 
 
+Key = tuple[str, str]  # (trace id, ledger key): what the ledger knows an item by
+
+
+def by_trace(items: Iterable[Key]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for trace_id, key in items:
+        grouped.setdefault(trace_id, []).append(key)
+    return grouped
+
+
 class Ledger:
+    """Items of any number of traces at once: each call is one round trip."""
+
     def __init__(self, connection: redis.Redis, keys: Keys, ttl: int, destination: str):
         self.redis = connection
         self.keys = keys
         self.ttl = ttl
         self.destination = destination
 
-    def accepted(self, trace_id: str, ids: Iterable[str]) -> set[str]:
-        ids = list(ids)
-        if not ids:
+    def accepted(self, items: Iterable[Key]) -> set[Key]:
+        """Of `items`, those Langfuse accepted."""
+        grouped = by_trace(items)
+        if not grouped:
             return set()
-        flags = self.redis.smismember(self.keys.ledger(self.destination, trace_id), ids)
-        return {i for i, flag in zip(ids, flags) if flag}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for trace_id, ids in grouped.items():
+                pipe.smismember(self.keys.ledger(self.destination, trace_id), ids)
+            answers = pipe.execute()
+        return {(trace_id, i) for (trace_id, ids), flags in zip(grouped.items(), answers)
+                for i, flag in zip(ids, flags) if flag}
 
-    def record(self, trace_id: str, ids: Iterable[str], pipe: Any = None) -> None:
+    def record(self, items: Iterable[Key], pipe: Any = None) -> None:
         """Langfuse accepted these: never send them again (and they are no longer in doubt)."""
-        ids = list(ids)
-        if not ids:
+        grouped = by_trace(items)
+        if not grouped:
             return
         target = pipe if pipe is not None else self.redis.pipeline(transaction=True)
-        target.sadd(self.keys.ledger(self.destination, trace_id), *ids)
-        target.expire(self.keys.ledger(self.destination, trace_id), self.ttl)
-        target.hdel(self.keys.doubts(self.destination, trace_id), *ids)
+        for trace_id, ids in grouped.items():
+            target.sadd(self.keys.ledger(self.destination, trace_id), *ids)
+            target.expire(self.keys.ledger(self.destination, trace_id), self.ttl)
+            target.hdel(self.keys.doubts(self.destination, trace_id), *ids)
         if pipe is None:
             target.execute()
 
-    def forget(self, trace_id: str, ids: Iterable[str]) -> None:
-        """Ids Langfuse turned out not to hold (`verify`): the next delivery sends them again."""
-        ids = list(ids)
-        if ids:
-            self.redis.srem(self.keys.ledger(self.destination, trace_id), *ids)
-
-    def doubt(self, trace_id: str, ids: Iterable[str], at: float) -> None:
-        """A request carrying these is about to go out: until its answer says otherwise, Langfuse
-        may have stored them."""
-        ids = list(ids)
-        if not ids:
+    def forget(self, items: Iterable[Key]) -> None:
+        """Items Langfuse turned out not to hold (`verify`): the next delivery sends them again."""
+        grouped = by_trace(items)
+        if not grouped:
             return
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.doubts(self.destination, trace_id), mapping={i: repr(at) for i in ids})
-            pipe.expire(self.keys.doubts(self.destination, trace_id), self.ttl)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for trace_id, ids in grouped.items():
+                pipe.srem(self.keys.ledger(self.destination, trace_id), *ids)
             pipe.execute()
 
-    def settle(self, trace_id: str, ids: Iterable[str]) -> None:
+    def doubt(self, items: Iterable[Key], at: float) -> None:
+        """A request carrying these is about to go out: until its answer says otherwise, Langfuse
+        may have stored them."""
+        grouped = by_trace(items)
+        if not grouped:
+            return
+        with self.redis.pipeline(transaction=True) as pipe:
+            for trace_id, ids in grouped.items():
+                pipe.hset(self.keys.doubts(self.destination, trace_id), mapping={i: repr(at) for i in ids})
+                pipe.expire(self.keys.doubts(self.destination, trace_id), self.ttl)
+            pipe.execute()
+
+    def settle(self, items: Iterable[Key]) -> None:
         """The answer says Langfuse did not store these (refused, or never reached it)."""
-        ids = list(ids)
-        if ids:
-            self.redis.hdel(self.keys.doubts(self.destination, trace_id), *ids)
+        grouped = by_trace(items)
+        if not grouped:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for trace_id, ids in grouped.items():
+                pipe.hdel(self.keys.doubts(self.destination, trace_id), *ids)
+            pipe.execute()
 
-    def doubtful(self, trace_id: str, ids: Iterable[str]) -> dict[str, float]:
-        """Of `ids`, those whose last send may have been stored unseen: id -> when that send began."""
-        return self.lookup(trace_id, ids)[1]
+    def doubtful(self, items: Iterable[Key]) -> dict[Key, float]:
+        """Of `items`, those whose last send may have been stored unseen: item -> when that send began."""
+        return self.lookup(items)[1]
 
-    def lookup(self, trace_id: str, ids: Iterable[str]) -> tuple[set[str], dict[str, float]]:
-        """(those of `ids` Langfuse accepted, those in doubt with when their send began), in one round trip."""
-        ids = list(ids)
-        if not ids:
+    def lookup(self, items: Iterable[Key]) -> tuple[set[Key], dict[Key, float]]:
+        """(those of `items` Langfuse accepted, those in doubt with when their send began)."""
+        grouped = by_trace(items)
+        if not grouped:
             return set(), {}
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.smismember(self.keys.ledger(self.destination, trace_id), ids)
-            pipe.hmget(self.keys.doubts(self.destination, trace_id), ids)
-            flags, values = pipe.execute()
-        accepted = {i for i, flag in zip(ids, flags) if flag}
-        return accepted, {i: float(v) for i, v in zip(ids, values) if v is not None and i not in accepted}
+            for trace_id, ids in grouped.items():
+                pipe.smismember(self.keys.ledger(self.destination, trace_id), ids)
+                pipe.hmget(self.keys.doubts(self.destination, trace_id), ids)
+            answers = pipe.execute()
+        accepted: set[Key] = set()
+        doubtful: dict[Key, float] = {}
+        for index, (trace_id, ids) in enumerate(grouped.items()):
+            flags, values = answers[2 * index], answers[2 * index + 1]
+            for i, flag, value in zip(ids, flags, values):
+                if flag:
+                    accepted.add((trace_id, i))
+                elif value is not None:
+                    doubtful[(trace_id, i)] = float(value)
+        return accepted, doubtful

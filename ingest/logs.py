@@ -20,7 +20,8 @@ TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 JSON_FIELDS = "%(asctime)s %(name)s %(levelname)s %(message)s %(process)d"
 
 
-# RQ logs a job by its description, `process_run <run key>` (ingest.wake), outside the job itself.
+# RQ logs a job by its description, outside the job itself: `process_run <run key>` for a job of
+# one run (ingest.wake); a job of several runs has no one run id.
 _RQ_JOB = re.compile(r"process_run (\S+)")
 
 

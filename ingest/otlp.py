@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
+import orjson
 from langfuse import LangfuseOtelSpanAttributes as A
 
 from codex_langfuse.ingest.content import ContentPolicy
+from codex_langfuse.ingest.items import Span
 from codex_langfuse.ingest.observations import Observation, TraceAttributes
 
 SCOPE = {"name": "codex-langfuse", "version": "0.1.0"}
@@ -125,6 +127,16 @@ def trace_attributes(trace: TraceAttributes, policy: ContentPolicy) -> list[dict
 def resource_spans(spans: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The `resourceSpans` body of one OTLP export request."""
     return [{"resource": RESOURCE, "scopeSpans": [{"scope": SCOPE, "spans": list(spans)}]}]
+
+
+_BODY_HEAD = orjson.dumps({"resourceSpans": [{"resource": RESOURCE, "scopeSpans": [{"scope": SCOPE, "spans": []}]}]})
+_BODY_HEAD, _BODY_TAIL = _BODY_HEAD[:-len(b"]}]}]}")], b"]}]}]}"
+
+
+def export_body(spans: Iterable[Span]) -> bytes:
+    """One OTLP/JSON export request of encoded spans, put together without encoding them again
+    (the spans of several traces may share it)."""
+    return b"".join((_BODY_HEAD, b",".join(span.data for span in spans), _BODY_TAIL))
 
 
 def span_size(span: dict[str, Any]) -> int:

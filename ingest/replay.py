@@ -19,7 +19,7 @@ from codex_langfuse.ingest.deadletters import DeadLetter
 from codex_langfuse.ingest.delivery import SendReport
 from codex_langfuse.ingest.context import WorkerContext
 from codex_langfuse.ingest.lease import Leases
-from codex_langfuse.ingest.items import ledger_key, slot
+from codex_langfuse.ingest.items import Span, ledger_key, slot
 
 
 # The lock of a replay that was killed frees itself this long after its last renewal.
@@ -57,8 +57,8 @@ def replay(ctx: WorkerContext, *, run_id: str | None = None, reason: str | None 
         report = ReplayReport(letters=len(letters), dry_run=dry_run)
         for index, letter in enumerate(letters, 1):
             if dry_run:
-                keys = [ledger_key(item) for item in letter.items]
-                already = ctx.ledger.accepted(letter.trace_id, keys)
+                keys = [(letter.trace_id, ledger_key(item)) for item in letter.items]
+                already = ctx.ledger.accepted(keys)
                 report.skipped += len(already)
                 report.replayed += len(keys) - len(already)
             elif _replay_one(ctx, letter, report, keep_alive=lambda: leases.renew(ctx.keys.replay_lock, token)):
@@ -105,9 +105,9 @@ def _alive(pid: int) -> bool:
 def _replay_one(ctx: WorkerContext, letter: DeadLetter, report: ReplayReport, keep_alive: Callable[[], None]) -> bool:
     """Replay one letter; True when Langfuse is unreachable and replay should stop."""
     if letter.kind == "spans":
-        sent: SendReport = ctx.delivery.send_spans(letter.trace_id, letter.items, keep_alive=keep_alive)
+        sent: SendReport = ctx.delivery.send_spans([Span.encode(item) for item in letter.items], keep_alive=keep_alive)
     else:
-        sent = ctx.delivery.send_scores(letter.trace_id, letter.items, keep_alive=keep_alive)
+        sent = ctx.delivery.send_scores(letter.items, keep_alive=keep_alive)
     report.replayed += len(sent.accepted)
     report.skipped += len(sent.skipped)
     still_refused = [item for batch, _ in sent.rejected for item in batch]

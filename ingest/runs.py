@@ -6,22 +6,28 @@ per run instance, so a reused run id never mixes two runs), workers fold and del
 `outbox`, ...). `run` below is always a run key.
 Every write a fold step makes is one transaction, guarded by the lease: a worker that lost its
 lease (it stalled past the lease time and another took over) commits nothing.
+
+A worker advances several runs per job, so the steps of all of them share round trips: one to
+take their leases with their states (`take`, a Lua script per run, pipelined), one to read their
+entries, one to commit them all (`commit`: a Lua script per run that checks the lease, writes and
+renews it), one to settle their deliveries and let them go (`finish`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import orjson
 import redis
 
 from codex_langfuse.ingest.entries import NO_INST, Entry, run_key
 from codex_langfuse.ingest.events import Usage
-from codex_langfuse.ingest.items import is_score_slot, slot
+from codex_langfuse.ingest.items import Span, is_score_slot, slot
 from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.keys import Keys
-from codex_langfuse.ingest.lease import Leases, LeaseLost
+from codex_langfuse.ingest.lease import RENEW
 from codex_langfuse.producer.entries import trace_id
 
 @dataclass
@@ -47,6 +53,91 @@ class DeliveryState:
         )
 
 
+# KEYS: wake, lease, state, log, active.  ARGV: token, lease ms, run.
+# The run's lease, and what its fold step starts from; nil when another worker holds it.
+_TAKE = """
+redis.call('del', KEYS[1])
+if not redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return {redis.call('get', KEYS[3]) or '', redis.call('hlen', KEYS[4]), redis.call('zscore', KEYS[5], ARGV[3]) or ''}
+"""
+
+# KEYS: lease, state, outbox, log, active, delivery, then one per Codex thread whose usage is kept.
+# ARGV: token, lease ms, state JSON ('' when unchanged), closed (1/0), done ttl, thread ttl, run, number of outbox items,
+#       number of consumed entries, then (slot, value) per outbox item, the consumed seqs, and the
+#       usage JSON per thread key.
+# A fold step, written at once if the lease is still this worker's (and renewed); then the
+# outbox's slots and the delivery state, for the delivery that follows. nil: the lease was lost.
+_COMMIT = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return false end
+if ARGV[3] ~= '' then redis.call('set', KEYS[2], ARGV[3]) end
+local i = 10
+for _ = 1, tonumber(ARGV[8]) do
+  redis.call('hset', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for _ = 1, tonumber(ARGV[9]) do
+  redis.call('hdel', KEYS[4], ARGV[i])
+  i = i + 1
+end
+for k = 7, #KEYS do
+  redis.call('set', KEYS[k], ARGV[i], 'EX', ARGV[6])
+  i = i + 1
+end
+if ARGV[3] ~= '' and ARGV[4] == '1' then
+  redis.call('zrem', KEYS[5], ARGV[7])
+  redis.call('expire', KEYS[2], ARGV[5])
+end
+redis.call('pexpire', KEYS[1], ARGV[2])
+return {redis.call('hkeys', KEYS[3]), redis.call('hgetall', KEYS[6])}
+"""
+
+# KEYS: lease, log, outbox, active, backlog.  ARGV: token, run, next seq, closed (1/0).
+# Let the run go: release its lease; a closed run is not open, whatever came for it meanwhile.
+# Returns {1 when its next entry is filed (it needs another step), items left in its outbox};
+# a run with nothing left to fold or deliver leaves the backlog.
+_FINISH = """
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+if ARGV[4] == '1' then redis.call('zrem', KEYS[4], ARGV[2]) end
+local outbox = redis.call('hlen', KEYS[3])
+if redis.call('hexists', KEYS[2], ARGV[3]) == 1 then return {1, outbox} end
+if outbox == 0 and redis.call('hlen', KEYS[2]) == 0 then redis.call('zrem', KEYS[5], ARGV[2]) end
+return {0, outbox}
+"""
+
+
+@dataclass
+class Taken:
+    """A run whose lease this worker holds, with what its next fold step starts from."""
+
+    run: str
+    token: str
+    state: RunState | None  # None: nothing folded yet
+    filed: int  # entries in its log
+    last_activity: float | None
+    entries: list[Entry] = field(default_factory=list)  # from state.next_seq on, up to the first missing
+
+
+@dataclass
+class Step:
+    """What one fold step of a run writes."""
+
+    run: str
+    token: str
+    state: RunState | None  # None: unchanged
+    spans: list[Span] = field(default_factory=list)
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    consumed: list[int] = field(default_factory=list)
+    thread_totals: dict[str, Usage] = field(default_factory=dict)
+
+
+@dataclass
+class Committed:
+    """A run's books right after its step was committed: its outbox's slots and delivery state."""
+
+    slots: list[str]
+    delivery: "DeliveryState"
+
+
 class RunStore:
     def __init__(self, connection: redis.Redis, keys: Keys, lease_seconds: int = 60, done_ttl: int = 7 * 86400,
                  thread_ttl: int = 30 * 86400, id_ttl: int = 38 * 86400):
@@ -57,7 +148,7 @@ class RunStore:
         # How long a run id's first instance is remembered: past the ledger's memory of its spans,
         # or a later run reusing the id would take the first one's span ids and be skipped as sent.
         self.id_ttl = id_ttl
-        self.leases = Leases(connection, lease_seconds)
+        self.lease_ms = int(lease_seconds * 1000)
 
     # ---- dispatcher side ----
 
@@ -105,40 +196,86 @@ class RunStore:
     def was_reused(self, run: str) -> bool:
         return self.redis.zscore(self.keys.reused, run) is not None
 
-    def request_wake(self, run: str, ttl: int = 60) -> bool:
-        """True when the caller should enqueue a job: none is queued for this run yet."""
-        return bool(self.redis.set(self.keys.wake(run), b"1", nx=True, ex=ttl))
+    def request_wakes(self, runs: Iterable[str], ttl: int = 60) -> list[str]:
+        """The runs of `runs` that need a job queued (none is queued for them yet), now marked."""
+        runs = list(dict.fromkeys(runs))
+        if not runs:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run in runs:
+                pipe.set(self.keys.wake(run), b"1", nx=True, ex=ttl)
+            return [run for run, new in zip(runs, pipe.execute()) if new]
 
-    # ---- lease ----
+    # ---- a job's runs, all at once ----
 
-    def acquire(self, run: str) -> str | None:
-        return self.leases.acquire(self.keys.lease(run))
+    def take(self, runs: list[str], limit: int) -> list[Taken]:
+        """The runs of `runs` nobody holds, leased to this worker, each with its state and up to
+        `limit` entries from its next one on; their wake-up flags cleared. Two round trips."""
+        tokens = {run: uuid.uuid4().hex for run in runs}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run in runs:
+                k = self.keys
+                pipe.eval(_TAKE, 5, k.wake(run), k.lease(run), k.state(run), k.log(run), k.active,
+                          tokens[run], self.lease_ms, run)
+            answers = pipe.execute()
+        taken = []
+        for run, answer in zip(runs, answers):
+            if answer:  # else another worker holds it
+                raw, filed, active = answer
+                taken.append(Taken(run, tokens[run], RunState.model_validate_json(raw) if raw else None, filed,
+                                   float(active) if active else None))
+        wanted = [(t, min(t.filed, limit)) for t in taken if t.filed]
+        if wanted:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for t, count in wanted:
+                    first = t.state.next_seq if t.state else 0
+                    pipe.hmget(self.keys.log(t.run), [str(s) for s in range(first, first + count)])
+                for (t, _), values in zip(wanted, pipe.execute()):
+                    first = t.state.next_seq if t.state else 0
+                    for seq, value in enumerate(values, first):
+                        if value is None:
+                            break
+                        t.entries.append(Entry.unpack(t.run, seq, value))
+        return taken
 
-    def renew(self, run: str, token: str) -> None:
-        self.leases.renew(self.keys.lease(run), token)
+    def commit(self, steps: list[Step]) -> dict[str, Committed | None]:
+        """Write each step at once, if its run's lease is still this worker's, and renew the lease
+        (None for a run whose lease was lost: nothing of its step was written). One round trip."""
+        if not steps:
+            return {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for step in steps:
+                self._commit(pipe, step)
+            answers = pipe.execute()
+        return {step.run: Committed([s.decode() for s in answer[0]], DeliveryState.from_hash(_pairs(answer[1])))
+                if answer else None for step, answer in zip(steps, answers)}
 
-    def release(self, run: str, token: str) -> None:
-        self.leases.release(self.keys.lease(run), token)
+    def _commit(self, pipe: Any, step: Step) -> None:
+        k, run, state = self.keys, step.run, step.state
+        outbox = [(span.span_id, span.data) for span in step.spans]
+        outbox += [(slot(score), orjson.dumps(score)) for score in step.scores]
+        threads = list(step.thread_totals.items())
+        args: list[Any] = [step.token, self.lease_ms, state.model_dump_json() if state else "",
+                           1 if state and state.closed else 0,
+                           self.done_ttl, self.thread_ttl, run, len(outbox), len(step.consumed)]
+        for pair in outbox:
+            args += pair
+        args += step.consumed
+        args += [usage.model_dump_json() for _, usage in threads]
+        pipe.eval(_COMMIT, 6 + len(threads), k.lease(run), k.state(run), k.outbox(run), k.log(run), k.active,
+                  k.delivery(run), *(k.thread_usage(thread) for thread, _ in threads), *args)
 
-    def clear_wake(self, run: str) -> None:
-        self.redis.delete(self.keys.wake(run))
+    def finish(self, pipe: Any, run: str, token: str, next_seq: int, closed: bool) -> None:
+        """Let a run go (in `pipe`; its answer: [1 when its next entry waits, items left in its outbox])."""
+        k = self.keys
+        pipe.eval(_FINISH, 5, k.lease(run), k.log(run), k.outbox(run), k.active, k.backlog, token, run, next_seq,
+                  1 if closed else 0)
 
     # ---- folding ----
 
     def load_state(self, run: str) -> RunState | None:
         raw = self.redis.get(self.keys.state(run))
         return RunState.model_validate_json(raw) if raw else None
-
-    def read(self, run: str, from_seq: int, limit: int) -> list[Entry]:
-        """Entries from `from_seq` on, stopping at the first missing sequence number."""
-        wanted = min(self.redis.hlen(self.keys.log(run)), limit)  # no more can be there
-        seqs = list(range(from_seq, from_seq + wanted))
-        entries: list[Entry] = []
-        for seq, value in zip(seqs, self.redis.hmget(self.keys.log(run), [str(s) for s in seqs]) if seqs else []):
-            if value is None:
-                break
-            entries.append(Entry.unpack(run, seq, value))
-        return entries
 
     def read_seqs(self, run: str, seqs: list[int]) -> list[Entry]:
         """The entries filed under these sequence numbers (those still there), in order."""
@@ -153,64 +290,43 @@ class RunStore:
         later = [s for s in seqs if s > next_seq]
         return (min(later) if later else None), stale
 
-    def last_activity(self, run: str) -> float | None:
-        return self.redis.zscore(self.keys.active, run)
-
     def thread_baseline(self, thread: str) -> Usage | None:
         raw = self.redis.get(self.keys.thread_usage(thread))
         return Usage.model_validate_json(raw) if raw else None
 
-    def commit(self, run: str, token: str, state: RunState, spans: Iterable[dict[str, Any]],
-               scores: Iterable[dict[str, Any]], consumed: Iterable[int], thread_totals: dict[str, Usage]) -> None:
-        """Write a fold step at once: new state, new outbox items, folded entries removed."""
-        consumed = [str(s) for s in consumed]
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.lease(run))
-            if pipe.get(self.keys.lease(run)) != token.encode():
-                raise LeaseLost(run)
-            pipe.multi()
-            pipe.set(self.keys.state(run), state.model_dump_json())
-            self.add_to_outbox(pipe, run, spans, scores)
-            if consumed:
-                pipe.hdel(self.keys.log(run), *consumed)
-            for thread, usage in thread_totals.items():
-                pipe.set(self.keys.thread_usage(thread), usage.model_dump_json(), ex=self.thread_ttl)
-            if state.closed:
-                pipe.zrem(self.keys.active, run)
-                pipe.expire(self.keys.state(run), self.done_ttl)
-            pipe.pexpire(self.keys.lease(run), self.leases.ms)
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise LeaseLost(run) from None
-
-    def add_to_outbox(self, pipe: Any, run: str, spans: Iterable[dict[str, Any]],
-                      scores: Iterable[dict[str, Any]]) -> None:
-        outbox = {slot(item): _dumps(item) for item in (*spans, *scores)}
+    def add_scores(self, pipe: Any, run: str, scores: Iterable[dict[str, Any]]) -> None:
+        """Scores into a run's outbox (`score`: they are delivered like every other)."""
+        outbox = {slot(score): orjson.dumps(score) for score in scores}
         if outbox:
             pipe.hset(self.keys.outbox(run), mapping=outbox)
 
-    def leave_active(self, run: str) -> None:
-        """A closed run is not open, whatever came for it after (the sweep must not wake it)."""
-        self.redis.zrem(self.keys.active, run)
-
-    def has_outbox(self, run: str) -> bool:
-        return bool(self.redis.exists(self.keys.outbox(run)))
-
-    def has_unfolded(self, run: str, next_seq: int) -> bool:
-        return bool(self.redis.hexists(self.keys.log(run), str(next_seq)))
-
     # ---- delivery ----
 
-    def outbox(self, run: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def outbox(self, run: str, trace_id: str, slots: Iterable[str] | None = None
+               ) -> tuple[list[Span], list[dict[str, Any]]]:
+        """The items in a run's outbox (those of `slots` still there, when given)."""
+        if slots is None:
+            found = self.redis.hgetall(self.keys.outbox(run)).items()
+        else:
+            slots = list(slots)
+            found = zip(slots, self.redis.hmget(self.keys.outbox(run), slots)) if slots else []
         spans, scores = [], []
-        for key, value in self.redis.hgetall(self.keys.outbox(run)).items():
-            (scores if is_score_slot(key) else spans).append(json.loads(value))
-        spans.sort(key=lambda span: int(span["startTimeUnixNano"]))
+        for key, value in found:
+            if value is None:
+                continue
+            key = key.decode() if isinstance(key, bytes) else key
+            if is_score_slot(key):
+                scores.append(orjson.loads(value))
+            else:
+                spans.append(Span(key, trace_id, value))
         return spans, scores
 
-    def delivery_state(self, run: str) -> DeliveryState:
-        return DeliveryState.from_hash(self.redis.hgetall(self.keys.delivery(run)))
+    def renew(self, leases: dict[str, str]) -> set[str]:
+        """Renew the leases of these runs (run -> token); returns the runs whose lease was lost."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for run, token in leases.items():
+                pipe.eval(RENEW, 1, self.keys.lease(run), token, self.lease_ms)
+            return {run for run, renewed in zip(leases, pipe.execute()) if not renewed}
 
     def settle(self, pipe: Any, run: str, slots: Iterable[str]) -> None:
         """Items that need no more sending (accepted, or dead-lettered) leave the outbox."""
@@ -253,20 +369,6 @@ class RunStore:
         re-sends a turn Langfuse lost; the ledger still skips what Langfuse has)."""
         self.redis.delete(self.keys.state(run), self.keys.log(run), self.keys.outbox(run), self.keys.delivery(run))
 
-    def forget_if_idle(self, run: str) -> None:
-        """Leave the backlog once nothing of the run waits to be folded or delivered."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.log(run), self.keys.outbox(run))
-            if pipe.hlen(self.keys.log(run)) or pipe.hlen(self.keys.outbox(run)):
-                pipe.reset()
-                return
-            pipe.multi()
-            pipe.zrem(self.keys.backlog, run)
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                pass
 
-
-def _dumps(item: dict[str, Any]) -> str:
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2]))

@@ -52,7 +52,7 @@ def attach_score(settings: Settings, run_or_trace: str, name: str, value: float 
                                   environment=state.environment or settings.environment,
                                   metadata={"source": "codex-langfuse score"}))
     with connection.pipeline(transaction=True) as pipe:
-        store.add_to_outbox(pipe, run_id, [], [payload])
+        store.add_scores(pipe, run_id, [payload])
         pipe.zadd(keys.backlog, {run_id: time.time()}, nx=True)
         pipe.execute()
     enqueue_runs(store, connections.queue(settings, connection), [run_id])

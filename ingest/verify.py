@@ -145,7 +145,7 @@ class Verifier:
             return check
         expected = expected_span_ids(path, turn, header_us, self.context)
         check.expected = len(expected)
-        accepted = self.ledger.accepted(turn.trace_id, expected)
+        accepted = {i for _, i in self.ledger.accepted((turn.trace_id, i) for i in expected)}
         missing = [span for span in expected if span not in accepted]
         if not missing and self.transport is not None:
             try:
@@ -162,7 +162,7 @@ class Verifier:
 
     def heal(self, path: Path, turn: Turn, header_us: int | None, check: TurnCheck) -> None:
         assert self.ship is not None
-        self.ledger.forget(turn.trace_id, check.missing)
+        self.ledger.forget((turn.trace_id, i) for i in check.missing)
         self.store.forget_run(turn.run_id)
         try:
             self.ship(path, turn, header_us)

@@ -11,6 +11,7 @@ import fakeredis
 import pytest
 
 from codex_langfuse.ingest.delivery import Delivery
+from codex_langfuse.ingest.items import Span
 from codex_langfuse.ingest.keys import Keys
 from codex_langfuse.ingest.ledger import Ledger
 from codex_langfuse.ingest.transport import LangfuseTransport
@@ -21,10 +22,10 @@ T0 = 1_790_000_000_000_000_000
 WAIT = 600.0
 
 
-def span(span_id: str) -> dict:
-    return {"traceId": TRACE, "spanId": span_id, "name": "step", "kind": 1, "startTimeUnixNano": str(T0),
+def span(span_id: str) -> Span:
+    return Span.encode({"traceId": TRACE, "spanId": span_id, "name": "step", "kind": 1, "startTimeUnixNano": str(T0),
             "endTimeUnixNano": str(T0 + 1000),
-            "attributes": [{"key": "langfuse.observation.type", "value": {"stringValue": "span"}}]}
+            "attributes": [{"key": "langfuse.observation.type", "value": {"stringValue": "span"}}]})
 
 
 def score(name: str, value: float = 1.0) -> dict:
@@ -33,6 +34,7 @@ def score(name: str, value: float = 1.0) -> dict:
 
 
 SPANS = [span(f"{i:016x}") for i in range(1, 6)]
+KEYS = [(TRACE, s.span_id) for s in SPANS]
 
 
 class Clock:
@@ -65,21 +67,21 @@ def make():
 @pytest.mark.parametrize("profile", ["v4.16", "v3"])
 def test_scores_reach_a_server_that_takes_one_per_request_and_the_process_remembers(make, profile):
     receiver, delivery, _ = make(profile)
-    report = delivery.send_scores(TRACE, [score("success"), score("errors", 0.0)])
+    report = delivery.send_scores([score("success"), score("errors", 0.0)])
     assert report.rejected == [] and report.transient is None and len(report.accepted) == 2
     first = [r.status for r in receiver.requests("scores")]
     assert first == [400, 200, 200]  # the list refused for its shape, then one object per request
     assert "Invalid request data" in receiver.requests("scores")[0].error
-    delivery.send_scores(TRACE, [score("files_changed", 3.0), score("failed_commands", 1.0)])
+    delivery.send_scores([score("files_changed", 3.0), score("failed_commands", 1.0)])
     assert [r.status for r in receiver.requests("scores")][len(first):] == [200, 200]  # no list again
     assert sorted(s.name for s in receiver.scores()) == ["errors", "failed_commands", "files_changed", "success"]
     # sent again: the ledger has them
-    assert delivery.send_scores(TRACE, [score("success")]).skipped and len(receiver.requests("scores")) == 5
+    assert delivery.send_scores([score("success")]).skipped and len(receiver.requests("scores")) == 5
 
 
 def test_scores_go_as_one_list_to_the_latest_server(make):
     receiver, delivery, _ = make("latest")
-    report = delivery.send_scores(TRACE, [score("success"), score("errors", 0.0)])
+    report = delivery.send_scores([score("success"), score("errors", 0.0)])
     assert len(report.accepted) == 2
     assert [r.status for r in receiver.requests("scores")] == [202]
 
@@ -88,7 +90,7 @@ def test_scores_go_as_one_list_to_the_latest_server(make):
 def test_a_score_the_server_refuses_is_rejected_alone(make, profile):
     receiver, delivery, _ = make(profile)
     bad = score("success") | {"dataType": "BOOLEAN", "value": 7}
-    report = delivery.send_scores(TRACE, [bad, score("errors", 0.0)])
+    report = delivery.send_scores([bad, score("errors", 0.0)])
     assert [item["name"] for batch, _ in report.rejected for item in batch] == ["success"]
     assert "0 or 1" in report.rejected[0][1].message
     assert [s.name for s in receiver.scores()] == ["errors"]
@@ -100,13 +102,13 @@ def test_a_score_the_server_refuses_is_rejected_alone(make, profile):
 def test_a_timed_out_send_that_was_stored_is_found_and_not_sent_again(make, profile):
     receiver, delivery, clock = make(profile, v1_lag=0.0)
     receiver.delay("traces", 3.0, times=1, store=True)  # stored at once, answered after the client gave up
-    first = delivery.send_spans(TRACE, SPANS)
+    first = delivery.send_spans(SPANS)
     assert first.transient is not None and first.transient.in_doubt
     clock.now += 5
-    second = delivery.send_spans(TRACE, SPANS)
+    second = delivery.send_spans(SPANS)
     assert second.transient is None and second.rejected == []
     assert receiver.duplicates() == {}
-    assert {s.span_id for s in receiver.spans()} == {s["spanId"] for s in SPANS}
+    assert {s.span_id for s in receiver.spans()} == {s.span_id for s in SPANS}
     paths = {r.path for r in receiver.requests("observations")}
     assert paths == ({"/api/public/v2/observations", "/api/public/observations"} if profile == "v3"
                      else {"/api/public/v2/observations"})
@@ -115,17 +117,17 @@ def test_a_timed_out_send_that_was_stored_is_found_and_not_sent_again(make, prof
 def test_a_lagging_v1_listing_holds_the_in_doubt_spans_back_and_lets_the_rest_go(make):
     receiver, delivery, clock = make("v3", v1_lag=3600.0)
     receiver.reset_connection("traces", times=1, store=True)  # the first batch (2 spans) stored, no answer
-    first = delivery.send_spans(TRACE, SPANS)
+    first = delivery.send_spans(SPANS)
     assert first.transient is not None and first.transient.in_doubt
     clock.now += 10
-    second = delivery.send_spans(TRACE, SPANS)
+    second = delivery.send_spans(SPANS)
     # the 3 spans never sent go out; the 2 in doubt are not visible yet and are held back
     assert len(second.accepted) == 3 and len(second.unsent) == 2
     assert second.transient is not None and "may lag" in second.transient.message
     assert receiver.duplicates() == {}
     receiver.set_v1_lag(0.0)  # the listing caught up
     clock.now += 10
-    third = delivery.send_spans(TRACE, SPANS)
+    third = delivery.send_spans(SPANS)
     assert third.transient is None and len(third.skipped) == 5
     assert receiver.duplicates() == {}
 
@@ -134,25 +136,25 @@ def test_a_lagging_v1_listing_holds_the_in_doubt_spans_back_and_lets_the_rest_go
 def test_when_no_listing_answers_in_doubt_spans_are_sent_again_after_the_wait(make, profile):
     receiver, delivery, clock = make(profile)
     receiver.reset_connection("traces", times=1, store=False)  # nothing stored, but the client cannot know
-    delivery.send_spans(TRACE, SPANS)
+    delivery.send_spans(SPANS)
     receiver.delay("observations", 3.0, times=100, store=True)  # slower than the client's 1 s timeout
     clock.now += 10
-    held = delivery.send_spans(TRACE, SPANS)
+    held = delivery.send_spans(SPANS)
     assert len(held.unsent) == 2 and "did not answer" in held.transient.message
     assert len(receiver.spans()) == 3
     clock.now += WAIT
-    last = delivery.send_spans(TRACE, SPANS)
+    last = delivery.send_spans(SPANS)
     assert last.transient is None and len(last.accepted) == 2
-    assert {s.span_id for s in receiver.spans()} == {s["spanId"] for s in SPANS}
+    assert {s.span_id for s in receiver.spans()} == {s.span_id for s in SPANS}
     assert receiver.duplicates() == {}
 
 
 def test_a_real_time_listing_that_lacks_an_in_doubt_span_sends_it_again_at_once(make):
     receiver, delivery, clock = make("v4.16")
     receiver.reset_connection("traces", times=1, store=False)
-    delivery.send_spans(TRACE, SPANS)
+    delivery.send_spans(SPANS)
     clock.now += 1
-    report = delivery.send_spans(TRACE, SPANS)
+    report = delivery.send_spans(SPANS)
     assert report.transient is None and len(report.accepted) == 5
     assert receiver.duplicates() == {}
 
@@ -160,12 +162,11 @@ def test_a_real_time_listing_that_lacks_an_in_doubt_span_sends_it_again_at_once(
 def test_a_refused_or_unreached_send_leaves_no_doubt(make):
     receiver, delivery, clock = make("v4.16")
     receiver.fail("traces", 503, times=1)   # answered: not stored
-    delivery.send_spans(TRACE, SPANS)
-    assert delivery.ledger.doubtful(TRACE, [s["spanId"] for s in SPANS]) == {}
+    delivery.send_spans(SPANS)
+    assert delivery.ledger.doubtful(KEYS) == {}
     receiver.reset_connection("traces", times=1)
-    delivery.send_spans(TRACE, SPANS)
-    assert set(delivery.ledger.doubtful(TRACE, [s["spanId"] for s in SPANS])) == {SPANS[0]["spanId"],
-                                                                                  SPANS[1]["spanId"]}
+    delivery.send_spans(SPANS)
+    assert set(delivery.ledger.doubtful(KEYS)) == set(KEYS[:2])
     clock.now += 1
-    delivery.send_spans(TRACE, SPANS)
-    assert delivery.ledger.doubtful(TRACE, [s["spanId"] for s in SPANS]) == {}
+    delivery.send_spans(SPANS)
+    assert delivery.ledger.doubtful(KEYS) == {}

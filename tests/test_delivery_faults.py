@@ -155,8 +155,9 @@ def test_401_dead_letters_everything_at_once_and_replay_delivers_it_all_once(sta
     expected_spans = {run: set(expected_trace(run, path)[0]) for run, path in runs.items()}
     lettered = {item["spanId"] for letter in letters if letter["kind"] == "spans" for item in letter["items"]}
     assert lettered == set().union(*expected_spans.values())
-    # one request per run: a 401 says nothing about the data, so nothing else is tried
-    assert len([r for r in stack.receiver.requests("traces") if r.status == 401]) == len(runs)
+    # one request per job at most (runs woken together share it): a 401 says nothing about the
+    # data, so nothing else is tried
+    assert 1 <= len([r for r in stack.receiver.requests("traces") if r.status == 401]) <= len(runs)
     assert status(stack)["dead_letters"]["unauthorized"]["items"] == len(lettered) + 4 * len(runs)
 
     stack.receiver.clear_faults()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from codex_langfuse.ingest.items import Span
 from codex_langfuse.ingest.otlp import export_body
@@ -47,7 +48,7 @@ V1_PAGE_SIZE = 100  # the v1 listing's largest page
 
 class DeliveryError(Exception):
     def __init__(self, message: str, *, transient: bool, reason: str = "", status: int | None = None,
-                 retry_after: float | None = None, in_doubt: bool = False):
+                 retry_after: float | None = None, in_doubt: bool = False, body: Any = None):
         super().__init__(message)
         self.message = message
         self.transient = transient
@@ -57,6 +58,7 @@ class DeliveryError(Exception):
         # The request may have been processed although we saw no answer (timeout, reset,
         # gateway error): before sending again, ask Langfuse what it has.
         self.in_doubt = in_doubt
+        self.body = body  # the answer's body, when there was one
 
     @property
     def too_large(self) -> bool:
@@ -121,10 +123,10 @@ def classify_status(status: int, body: Any, headers: dict[str, str] | None) -> D
     retry_after = parse_retry_after(headers)
     if status in (408, 425, 429) or status >= 500:
         return DeliveryError(message, transient=True, status=status, retry_after=retry_after,
-                             in_doubt=status in (500, 502, 504))
+                             in_doubt=status in (500, 502, 504), body=body)
     reason = {400: REJECTED, 401: UNAUTHORIZED, 403: FORBIDDEN, 404: NOT_FOUND, 413: TOO_LARGE,
               422: REJECTED}.get(status, f"http_{status}")
-    return DeliveryError(message, transient=False, reason=reason, status=status)
+    return DeliveryError(message, transient=False, reason=reason, status=status, body=body)
 
 
 def classify_exception(exc: Exception) -> DeliveryError:
@@ -170,8 +172,8 @@ class LangfuseTransport:
         self.one_score_per_request = False
         self.observations_v2 = True  # False once the server answered that it has no v2 listing
         basic = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
-        self._export_headers = {"authorization": f"Basic {basic}", "content-type": "application/json",
-                                **INGESTION_VERSION_HEADER}
+        self._headers = {"authorization": f"Basic {basic}", "content-type": "application/json",
+                         **INGESTION_VERSION_HEADER}
 
     def describe(self) -> str:
         return f"Langfuse at {self.base_url}"
@@ -197,12 +199,15 @@ class LangfuseTransport:
             return None
 
     def export(self, spans: list[Span]) -> None:
-        """The spans as encoded, in one request on the API client's connection. (The client's own
-        `export_traces` walks every span through its `jsonable_encoder` and encodes it again: the
-        worker's largest cost, and the only part of the client this goes around.)"""
+        """The spans as encoded, in one request."""
+        self._post("api/public/otel/v1/traces", export_body(spans))
+
+    def _post(self, path: str, content: bytes) -> Any:
+        """POST an encoded JSON body on the API client's connection; the answer's JSON. The client's
+        own methods walk every item through its `jsonable_encoder` and encode it again (the worker's
+        largest cost once): the two hot routes, export and scores, go around them, nothing else."""
         try:
-            answer = self.http.post(f"{self.base_url}/api/public/otel/v1/traces", content=export_body(spans),
-                                    headers=self._export_headers)
+            answer = self.http.post(f"{self.base_url}/{path}", content=content, headers=self._headers)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, unknown ones re-raised
             raise classify_exception(exc) from exc
         try:
@@ -212,31 +217,31 @@ class LangfuseTransport:
         if not readable or not 200 <= answer.status_code < 300:
             # As the client does: an answer that is not JSON is an error, whatever its status.
             raise classify_status(answer.status_code, body, dict(answer.headers))
+        return body
 
     def post_scores(self, scores: list[dict[str, Any]]) -> ScoreOutcome:
         """A list (202, or 207 with the refused ones), as the API of the 5.x client. A server that
         answers a list with a 400 about the body's shape (up to v4.16) takes one object per
         request: remembered for the process, and DeliveryError(ONE_SCORE_PER_REQUEST) tells the
         caller to send these scores again, one by one."""
-        from langfuse.api.scores.types import CreateScoreBatchResults, CreateScoreRequest
-
         if self.one_score_per_request:
             if len(scores) != 1:
                 raise ValueError("this server takes one score per request")
             return self._post_one_score(scores[0])
-        request = [CreateScoreRequest.model_validate(score) for score in scores]
         try:
-            answer = self.api.scores.create(request=request, request_options=self._options)
-        except Exception as exc:  # noqa: BLE001
-            if refuses_a_list(exc):
+            answer = self._post("api/public/scores", orjson.dumps(scores))
+        except DeliveryError as error:
+            if error.status == 400 and refuses_a_list(error.body):
                 self.one_score_per_request = True
                 log.warning("%s takes one score per request (Langfuse up to v4.16): sending scores one by one "
                             "from now on", self.describe())
                 raise DeliveryError("the server takes one score per request", transient=False,
-                                    reason=ONE_SCORE_PER_REQUEST, status=400) from exc
-            raise classify_exception(exc) from exc
-        if isinstance(answer, CreateScoreBatchResults):
-            return ScoreOutcome(accepted=answer.accepted, errors=[e.message for e in answer.errors])
+                                    reason=ONE_SCORE_PER_REQUEST, status=400) from error
+            raise
+        # 207: how many were taken and why the others were not (CreateScoreBatchResults); else all were.
+        if isinstance(answer, dict) and isinstance(answer.get("errors"), list) and "accepted" in answer:
+            return ScoreOutcome(accepted=int(answer["accepted"]),
+                                errors=[str(e.get("message") if isinstance(e, dict) else e) for e in answer["errors"]])
         return ScoreOutcome(accepted=len(scores), errors=[])
 
     def _post_one_score(self, score: dict[str, Any]) -> ScoreOutcome:
@@ -300,14 +305,9 @@ class LangfuseTransport:
             raise classify_exception(exc) from exc
 
 
-def refuses_a_list(exc: Exception) -> bool:
-    """A 400 whose message is about the body's shape: an array where the schema wants an object
-    (the zod issue `invalid_type` at the root, "expected object, received array")."""
-    from langfuse.api.core.api_error import ApiError
-
-    if not isinstance(exc, ApiError) or exc.status_code != 400:
-        return False
-    body = exc.body
+def refuses_a_list(body: Any) -> bool:
+    """The body of a 400 that is about the request's shape: an array where the schema wants an
+    object (the zod issue `invalid_type` at the root, "expected object, received array")."""
     issues = body.get("error") if isinstance(body, dict) else None
     if isinstance(issues, list) and any(
             isinstance(issue, dict) and issue.get("code") == "invalid_type" and issue.get("path") in ([], None)

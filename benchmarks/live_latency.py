@@ -11,8 +11,9 @@ settings. This process plays the producers: every 10 ms it writes the lines due 
 
 The lines are the 0.169.0 full run's items (reasoning, plan, command, file change, web search,
 message) repeated with fresh item ids, so about 2 in 3 lines complete an observation. An
-observation ends at its completion line's `ts`, so its latency is the receiver's arrival time
-minus its end time, for every span of the scenario (the roots and turns end with the runs).
+observation's completion line is the entry after which the pure mapping emits it (found by
+folding each run entry by entry); its latency is the receiver's arrival time minus the moment
+that line was written, for every span of the scenario (the roots and turns end with the runs).
 
 Baseline, same run, same receiver: the Langfuse SDK in this process (`Langfuse()`, default
 settings: flush_at 512, flush_interval 5 s), one observation started and ended on each completion
@@ -39,7 +40,7 @@ import _common
 from _common import Report, summary
 
 from codex_langfuse.ingest.entries import Entry
-from codex_langfuse.ingest.fold import FoldContext, fold, new_state
+from codex_langfuse.ingest.fold import Folder, FoldContext, new_state
 from codex_langfuse.ingest.observations import trace_id
 from codex_langfuse.ingest.pricing import PriceTable
 from pipeline_throughput import (
@@ -67,13 +68,18 @@ def run_lines(copy: int, count: int) -> list[bytes]:
     return head + body[:max(0, count - len(head) - len(tail))] + tail
 
 
-def expected_spans(lines: list[bytes]) -> int:
-    """How many spans the pure mapping makes of a run of these lines."""
+def completion_seqs(run_id: str, lines: list[bytes]) -> dict[str, int]:
+    """Observation id -> the seq of the entry after which the pure mapping emits it, for a run of
+    these lines (start, lines, end)."""
     data = [("start", json.dumps(meta_for(LONG_RUN_SOURCE)))] + [("line", line.decode()) for line in lines]
     data.append(("end", json.dumps({"exit_code": 0, "signal": None, "reason": "exited"})))
-    entries = [Entry(run="live-expected", seq=i, ts=1_790_000_000_000_000 + i, kind=k, data=d)
-               for i, (k, d) in enumerate(data)]
-    return len(fold(new_state("live-expected"), entries, FoldContext(prices=PriceTable.load())).observations)
+    folder = Folder(new_state(run_id), FoldContext(prices=PriceTable.load()))
+    emitted: dict[str, int] = {}
+    for seq, (kind, payload) in enumerate(data):
+        before = len(folder.result.observations)
+        folder.apply(Entry(run=run_id, seq=seq, ts=1_790_000_000_000_000 + seq, kind=kind, data=payload))
+        emitted.update((o.id, seq) for o in folder.result.observations[before:])
+    return emitted
 
 
 def completes(line: bytes) -> bool:
@@ -118,14 +124,18 @@ def pipeline_scenario(stack: Stack, tag: str, runs: int, rate: float, seconds: f
     pacer = Pacer(runs, rate, seconds)
     run_ids = [f"live-{tag}-{r}" for r in range(runs)]
     lines = [run_lines(r, pacer.lines_per_run) for r in range(runs)]
+    written: dict[tuple[str, int], float] = {}  # (trace id, seq) -> when the entry was written
     for r, run_id in enumerate(run_ids):  # the start entries, before the clock
+        written[(trace_id(run_id), 0)] = time.time()
         client.xadd(settings.stream, {"v": "1", "run": run_id, "seq": "0", "ts": str(int(time.time() * 1e6)),
                                       "kind": "start", "data": json.dumps(meta_for(LONG_RUN_SOURCE))})
 
     def write(batch: list[tuple[int, int]]) -> None:
-        ts = str(int(time.time() * 1e6))
+        now = time.time()
+        ts = str(int(now * 1e6))
         with client.pipeline(transaction=False) as pipe:
             for run, i in batch:
+                written[(trace_id(run_ids[run]), i + 1)] = now
                 pipe.xadd(settings.stream, {"v": "1", "run": run_ids[run], "seq": str(i + 1), "ts": ts, "kind": "line",
                                             "data": lines[run][i]})
             pipe.execute()
@@ -135,6 +145,7 @@ def pipeline_scenario(stack: Stack, tag: str, runs: int, rate: float, seconds: f
     pacer.drive(write)
     ended = time.time()
     for r, run_id in enumerate(run_ids):
+        written[(trace_id(run_id), pacer.lines_per_run + 1)] = time.time()
         client.xadd(settings.stream, {"v": "1", "run": run_id, "seq": str(pacer.lines_per_run + 1),
                                       "ts": str(int(time.time() * 1e6)), "kind": "end",
                                       "data": json.dumps({"exit_code": 0, "signal": None, "reason": "exited"})})
@@ -142,8 +153,11 @@ def pipeline_scenario(stack: Stack, tag: str, runs: int, rate: float, seconds: f
     cpu = group_cpu_seconds(worker_pid) - cpu
     traces = {trace_id(run_id) for run_id in run_ids}
     spans = [s for s in stack.receiver.spans() if s.trace_id in traces]
-    latencies = [(s.received_at - s.end_time_unix_nano / 1e9) * 1000 for s in spans]
-    want = sum(expected_spans(run) for run in lines)
+    completed_by = {(trace_id(run_id), span_id): seq for run_id, run in zip(run_ids, lines)
+                    for span_id, seq in completion_seqs(run_id, run).items()}
+    latencies = [(s.received_at - written[(s.trace_id, completed_by[(s.trace_id, s.span_id)])]) * 1000
+                 for s in spans if (s.trace_id, s.span_id) in completed_by]
+    want = len(completed_by)
     client.close()
     return {"lines": runs * pacer.lines_per_run, "lines_per_s": runs * pacer.lines_per_run / (ended - started),
             "spans": len(spans), "want_spans": want,

@@ -1,7 +1,8 @@
 """Observations as OTLP/JSON spans with the attributes Langfuse reads (pure).
 
-A span is built once, when its observation is complete, and stored in this form: what goes to
-the outbox, the dead letters and a replay is exactly what Langfuse receives.
+A span is built once, when its observation is complete, and encoded once (`items.Span`): what goes
+to the outbox, the dead letters and a replay is exactly what Langfuse receives, and an export
+request is those bytes put side by side (`export_body`).
 
 Langfuse stores metadata values raw and its metadata filters compare the raw text, so a string
 is sent as itself and only other values as JSON (its read path decodes those).
@@ -124,11 +125,6 @@ def trace_attributes(trace: TraceAttributes, policy: ContentPolicy) -> list[dict
     return attributes
 
 
-def resource_spans(spans: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The `resourceSpans` body of one OTLP export request."""
-    return [{"resource": RESOURCE, "scopeSpans": [{"scope": SCOPE, "spans": list(spans)}]}]
-
-
 _BODY_HEAD = orjson.dumps({"resourceSpans": [{"resource": RESOURCE, "scopeSpans": [{"scope": SCOPE, "spans": []}]}]})
 _BODY_HEAD, _BODY_TAIL = _BODY_HEAD[:-len(b"]}]}]}")], b"]}]}]}"
 
@@ -137,7 +133,3 @@ def export_body(spans: Iterable[Span]) -> bytes:
     """One OTLP/JSON export request of encoded spans, put together without encoding them again
     (the spans of several traces may share it)."""
     return b"".join((_BODY_HEAD, b",".join(span.data for span in spans), _BODY_TAIL))
-
-
-def span_size(span: dict[str, Any]) -> int:
-    return len(_json(span))

@@ -20,7 +20,8 @@ from langfuse import LangfuseOtelSpanAttributes as A
 from codex_langfuse.ingest.content import ContentPolicy
 from codex_langfuse.ingest.fold import FoldContext, FoldResult, fold, new_state
 from codex_langfuse.ingest.observations import Observation
-from codex_langfuse.ingest.otlp import encode_span, resource_spans, span_size
+from codex_langfuse.ingest.items import Span
+from codex_langfuse.ingest.otlp import encode_span, export_body
 from codex_langfuse.ingest.pricing import PriceTable
 from tests.support.runs import DEFAULT_RUN_ID, fixture_entries, fixture_lines, run_entries
 
@@ -171,18 +172,22 @@ def test_optional_trace_attributes_are_left_out_when_unknown():
             assert key not in found
 
 
-def test_resource_spans_body():
+def test_the_export_body_carries_each_span_as_it_was_encoded():
     result = fold_fixture("real_run_0.169.0_full.jsonl")
     spans = [span for _, span in spans_of(result)]
-    body = resource_spans(spans)
+    encoded = [Span.encode(span) for span in spans]
+    body = json.loads(export_body(encoded))["resourceSpans"]
     assert len(body) == 1
     (scope,) = body[0]["scopeSpans"]
     assert scope["spans"] == spans
     assert scope["scope"]["name"] == "codex-langfuse"
     assert {"key": "service.name", "value": {"stringValue": "codex-langfuse"}} in body[0]["resource"]["attributes"]
-    json.dumps(body)  # plain JSON all the way down
-    for span in spans:
-        assert span_size(span) == len(json.dumps(span, ensure_ascii=False, separators=(",", ":")))
+    for span, item in zip(spans, encoded):
+        assert (item.span_id, item.trace_id, item.end_ns()) == (span["spanId"], span["traceId"],
+                                                                int(span["endTimeUnixNano"]))
+        assert item.decode() == span
+    assert json.loads(export_body([])) == {"resourceSpans": [{"resource": body[0]["resource"],
+                                                              "scopeSpans": [{"scope": scope["scope"], "spans": []}]}]}
 
 
 # ---- content policy: secrets --------------------------------------------------------------------

@@ -59,6 +59,8 @@ class SendReport:
     rejected: list[tuple[list[Any], DeliveryError]] = field(default_factory=list)
     transient: DeliveryError | None = None  # why sending stopped early
     unsent: list[Any] = field(default_factory=list)  # not sent because of `transient`
+    # Accepted, not yet in the ledger (`record_later`): the caller records them with its books.
+    unrecorded: list[Key] | None = None
 
 
 class _Stop(Exception):
@@ -117,10 +119,13 @@ class Delivery:
 
     # ---- spans ----
 
-    def send_spans(self, spans: list[Span], keep_alive: Callable[[], None] = lambda: None) -> SendReport:
+    def send_spans(self, spans: list[Span], keep_alive: Callable[[], None] = lambda: None,
+                   record_later: bool = False) -> SendReport:
         """Spans of any traces. `keep_alive` runs before each request: a worker renews its leases
-        there (and stops, raising, if it lost one — another worker then delivers)."""
-        report = SendReport()
+        there (and stops, raising, if it lost one — another worker then delivers). `record_later`:
+        what the last request had accepted is left in `unrecorded` (and in doubt) for the caller
+        to record; what the earlier ones had is recorded before the next request goes out."""
+        report = SendReport(unrecorded=[] if record_later else None)
         done, doubtful = self.ledger.lookup(key(s) for s in spans)
         held: dict[Key, float] = {}
         why = ""
@@ -201,7 +206,8 @@ class Delivery:
     def _send_span_batch(self, batch: list[Span], report: SendReport, keep_alive: Callable[[], None]) -> None:
         keep_alive()
         keys = [key(s) for s in batch]
-        self.ledger.doubt(keys, self.clock())  # unmarked below once the answer says
+        # Unmarked once the answer says; what earlier requests had accepted is recorded at once.
+        self.ledger.doubt(keys, self.clock(), record=self._recorded_now(report))
         try:
             self.transport.export(batch)
         except DeliveryError as error:
@@ -221,15 +227,30 @@ class Delivery:
                     return
             report.rejected.append((batch, error))
             return
-        self.ledger.record(keys)
+        self._accepted(report, keys)
+
+    def _accepted(self, report: SendReport, keys: list[Key]) -> None:
         report.accepted.extend(keys)
+        if report.unrecorded is None:
+            self.ledger.record(keys)
+        else:
+            report.unrecorded.extend(keys)
+
+    @staticmethod
+    def _recorded_now(report: SendReport) -> list[Key]:
+        """What is left to record before another request goes out (taken out of the report)."""
+        if not report.unrecorded:
+            return []
+        pending, report.unrecorded = report.unrecorded, []
+        return pending
 
     # ---- scores ----
 
-    def send_scores(self, scores: list[dict[str, Any]], keep_alive: Callable[[], None] = lambda: None) -> SendReport:
+    def send_scores(self, scores: list[dict[str, Any]], keep_alive: Callable[[], None] = lambda: None,
+                    record_later: bool = False) -> SendReport:
         """Scores of any traces, in one request where the server takes a list (split only when it
-        refuses some)."""
-        report = SendReport()
+        refuses some). `record_later` as for spans."""
+        report = SendReport(unrecorded=[] if record_later else None)
         done = self.ledger.accepted(key(s) for s in scores)
         report.skipped = sorted(done)
         pending = [s for s in scores if key(s) not in done]
@@ -249,6 +270,7 @@ class Delivery:
                 self._send_score_batch([score], report, keep_alive)
             return
         keep_alive()
+        self.ledger.record(self._recorded_now(report))
         try:
             outcome = self.transport.post_scores(batch)
         except DeliveryError as error:
@@ -273,6 +295,4 @@ class Delivery:
                 return
             report.rejected.append((batch, DeliveryError("; ".join(outcome.errors)[:2000], transient=False)))
             return
-        keys = [key(s) for s in batch]
-        self.ledger.record(keys)
-        report.accepted.extend(keys)
+        self._accepted(report, [key(s) for s in batch])

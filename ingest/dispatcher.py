@@ -1,14 +1,15 @@
-"""The dispatcher: from the event stream to runs' logs and RQ jobs.
+"""The dispatcher: from the event stream to runs' logs, waking the runs (`wake`).
 
 It reads the stream in a consumer group (so any number of dispatchers share it), files each
-entry under its run (idempotent, keyed by the entry's sequence number), queues one job per run
-touched — not per event — and acknowledges only after filing. Entries of a dispatcher that died
+entry under its run (idempotent, keyed by the entry's sequence number), wakes the runs touched —
+one job for all of them when none is queued, never one per event — and acknowledges only after
+filing. Entries of a dispatcher that died
 are claimed by the others after `claim_min_idle_ms`; an entry that keeps failing is moved aside
 to the poison stream after `max_deliveries`, added there before it is acknowledged here.
 
 Every `sweep_interval` it also wakes runs nobody is working on: runs silent for `idle_timeout`
 (their producer died; the job closes them as aborted), runs with entries or deliveries waiting
-longer than they should (a job was lost), trims the stream below the oldest unacknowledged
+longer than they should (a job or a worker was lost), trims the stream below the oldest unacknowledged
 entry, and removes the consumers of dispatchers that died once their entries were claimed.
 
 A run id reused by a second run (another `inst`) is filed under a run key of its own and said
@@ -29,7 +30,7 @@ import redis
 from codex_langfuse.ingest import connections, metrics
 from codex_langfuse.ingest.entries import Entry, InvalidEntry
 from codex_langfuse.ingest.registry import Heartbeat, Registry, describe
-from codex_langfuse.ingest.wake import enqueue_runs
+from codex_langfuse.ingest.wake import wake_runs
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.settings import Settings
 
@@ -111,7 +112,7 @@ class Dispatcher:
                 metrics.runs_reused.inc()
                 log.warning("run id %s was reused by another run: each is delivered complete, with observations "
                             "of its own, to the same trace; give every run its own id", run)
-        self.counts["jobs"] += enqueue_runs(self.store, self.queue, runs)
+        self.counts["jobs"] += wake_runs(self.store, self.queue, runs)
         self._poison(poison)
         poisoned = {entry_id for entry_id, _, _ in poison}
         good = [entry_id for entry_id, _ in entries if entry_id not in poisoned]
@@ -149,7 +150,7 @@ class Dispatcher:
         retrying_later = set(self.redis.zrangebyscore(self.keys.retrying, now, "+inf"))
         runs = list(dict.fromkeys(r.decode() for r in [*idle, *stuck, *overdue] if r not in retrying_later))
         if runs:
-            self.counts["jobs"] += enqueue_runs(self.store, self.queue, runs)
+            self.counts["jobs"] += wake_runs(self.store, self.queue, runs)
         self.trim()
         self.remove_dead_consumers()
 

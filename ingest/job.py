@@ -1,16 +1,18 @@
-"""The RQ job: advance a few runs. A job is a wake-up for runs, not a carrier of events.
+"""The RQ job: advance the woken runs (`wake`). A job is a wake-up for workers, not a carrier of events.
 
-`process_runs` takes the lease of each of its runs that no other worker holds (one worker at a
-time per run, so its events are applied in order), folds every entry filed since the run's last
-step, commits the new states with the spans and scores that completed, and delivers the runs'
-outboxes together (their spans share export requests). Then it lets them go and wakes again the
-runs whose next entries came meanwhile. Runs proceed in parallel on any number of workers; a
-killed worker's leases expire and the next job for a run takes over from its last commit.
+`process_woken` pops the runs that are due, a few dozen at a time (`advance_runs`): it takes the
+lease of each that no other worker holds (one worker at a time per run, so its events are applied
+in order), folds every entry filed since the run's last step, commits the new states with the
+spans and scores that completed, and delivers the runs' outboxes together (their spans share
+export requests). Then it lets them go, wakes again those whose next entries came meanwhile, and
+pops again, until no run is due or `DRAIN_SECONDS` passed. Runs proceed in parallel on any number
+of workers; a killed worker's leases expire and the next job for a run takes over from its last
+commit.
 
-Live, not batched: a job folds for at most `STEP_SECONDS` before it delivers what completed (a
-run with a longer backlog is woken again for the rest), and a run that keeps writing is woken
-again as soon as its step is delivered, so an item reaches Langfuse about one job after the line
-that completed it.
+Live, not batched: a step folds for at most `STEP_SECONDS` before it delivers what completed (a
+run with a longer backlog is woken again for the rest), and a run that keeps writing is popped
+again at the next step, so an item reaches Langfuse about one step after the line that completed
+it, whatever else the workers are doing.
 
 Entries that come for a closed run (or after their gap was given up) are folded as late: they
 never re-open it, and the run leaves the open runs either way. When a run is closed and all of
@@ -31,27 +33,62 @@ from codex_langfuse.ingest.fold import FoldContext, FoldResult, close, fold, new
 from codex_langfuse.ingest.items import Span
 from codex_langfuse.ingest.lease import LeaseLost
 from codex_langfuse.ingest.otlp import encode_span
-from codex_langfuse.ingest.outbox import Delivered, Parcel, deliver, parcel
+from codex_langfuse.ingest.outbox import Delivered, Parcel, Settlement, deliver, parcel
+from codex_langfuse.ingest.retry import JOB_RETRY
 from codex_langfuse.ingest.runs import Step, Taken
 from codex_langfuse.ingest.state import RunState
-from codex_langfuse.ingest.wake import enqueue_runs
+from codex_langfuse.ingest.wake import wake_runs
 
 log = logging.getLogger("codex_langfuse.worker")
 
-# Folding stops this long after a job started (or delivered last), and what completed is delivered.
+# Folding stops this long after a step started (or delivered last), and what completed is delivered.
 STEP_SECONDS = 0.2
 # Entries folded between two looks at the clock.
 CHUNK = 256
+# Runs popped per step: their spans share export requests.
+RUNS_PER_STEP = 64
+# A job pops for this long at most, then leaves what is due to a job of its own (so a worker asked
+# to stop is not kept waiting).
+DRAIN_SECONDS = 5.0
 
 
-def process_runs(runs: list[str]) -> dict[str, Any]:
-    """Advance the runs filed under these run keys."""
+def process_woken() -> dict[str, Any]:
+    """Advance the woken runs that are due, step by step, until none is or DRAIN_SECONDS passed."""
     ctx = context()
+    summary: dict[str, Any] = {"steps": 0, "runs": 0, "held_elsewhere": 0, "observations": 0, "scores": 0,
+                               "delivered": 0}
+    deadline = time.monotonic() + DRAIN_SECONDS
+    runs = ctx.store.pop_woken(RUNS_PER_STEP, time.time(), job_started=True)
+    while runs:
+        try:
+            advance_runs(ctx, runs, summary)
+        except Exception:
+            # They are no longer woken: woken again for when RQ tries this job again (`JOB_RETRY`).
+            ctx.store.wake(runs, time.time() + JOB_RETRY.intervals[0], time.time())
+            raise
+        if time.monotonic() >= deadline:
+            wake_runs(ctx.store, ctx.queue, [])  # a job of its own for what is due now, if anything is
+            break
+        runs = ctx.store.pop_woken(RUNS_PER_STEP, time.time())
+    return summary
+
+
+def process_run(run_id: str) -> dict[str, Any]:
+    """Jobs queued by earlier versions name one run."""
+    summary: dict[str, Any] = {"steps": 0, "runs": 0, "held_elsewhere": 0, "observations": 0, "scores": 0,
+                               "delivered": 0}
+    advance_runs(context(), [run_id], summary)
+    return summary
+
+
+def advance_runs(ctx: WorkerContext, runs: list[str], summary: dict[str, Any]) -> None:
+    """Advance the runs filed under these run keys: one step each."""
     taken = ctx.store.take(list(dict.fromkeys(runs)), ctx.settings.fold_batch)
-    summary: dict[str, Any] = {"runs": len(runs), "held_elsewhere": len(runs) - len(taken), "observations": 0,
-                               "scores": 0, "delivered": 0}
-    # The holder of a run this job could not take looks for new entries after letting it go,
+    summary["steps"] += 1
+    summary["runs"] += len(taken)
+    # The holder of a run this step could not take looks for new entries after letting it go,
     # so nothing is left behind.
+    summary["held_elsewhere"] += len(runs) - len(taken)
     pending: list[tuple[Taken, Step]] = []
     try:
         started = time.monotonic()
@@ -71,12 +108,6 @@ def process_runs(runs: list[str]) -> dict[str, Any]:
                     ctx.store.finish(pipe, t.run, t.token, (step.state or t.state or new_state(t.run)).next_seq,
                                      False)
                 pipe.execute()
-    return summary
-
-
-def process_run(run_id: str) -> dict[str, Any]:
-    """Jobs queued by earlier versions name one run."""
-    return process_runs([run_id])
 
 
 def flush(ctx: WorkerContext, pending: list[tuple[Taken, Step]], summary: dict[str, Any]) -> None:
@@ -104,30 +135,38 @@ def flush(ctx: WorkerContext, pending: list[tuple[Taken, Step]], summary: dict[s
         elif isinstance(found, Delivered):
             outcomes[t.run] = found
     leases = {t.run: t.token for t, _, _ in live}
+    settlement = Settlement()
     try:
-        outcomes.update(deliver(ctx, parcels, keep_alive=Renewal(ctx, leases)))
+        settlement = deliver(ctx, parcels, keep_alive=Renewal(ctx, leases))
     except LeaseLost as lost:
         summary["lease_lost"] = summary.get("lease_lost", 0) + 1
         log.warning("%s: lease lost during delivery, another worker continues", lost)
-    with store.redis.pipeline(transaction=False) as pipe:
+    outcomes.update(settlement.outcomes)
+    # The delivery's books and the runs let go, at once.
+    with store.redis.pipeline(transaction=True) as pipe:
+        settlement.write(pipe)
+        first = len(pipe)
         for t, _, state in live:
             store.finish(pipe, t.run, t.token, state.next_seq, state.closed)
-        answers = pipe.execute()
-    again = []
+        answers = pipe.execute()[first:]
+    settlement.after(ctx)
+    again, not_due = [], []
     for (t, _, state), (more, left) in zip(live, answers):
         outcome = outcomes.get(t.run)
         if outcome is not None:
             summary["delivered"] += outcome.delivered
-            if outcome.retry_at:
-                summary.setdefault("retry_at", {})[t.run] = outcome.retry_at
+            if outcome.retry_at and not outcome.attempted:
+                not_due.append((t.run, outcome.retry_at))
         if more:
             again.append(t.run)
         elif state.closed and not left and outcome is not None and outcome.delivered:
             metrics.runs_delivered.inc()
             with logs.for_run(t.run):
                 log.info("run %s: %d spans, $%.4f", t.run, state.spans, state.cost)
+    for run, at in not_due:  # its delivery waits: woken again when its attempt is due
+        store.wake([run], at, now)
     if again:
-        enqueue_runs(store, ctx.queue, again)
+        wake_runs(store, ctx.queue, again)
 
 
 class Renewal:

@@ -22,9 +22,6 @@ class Keys:
     def lease(self, run: str) -> str:  # STRING token: the one worker folding this run
         return f"{self.prefix}:run:{run}:lease"
 
-    def wake(self, run: str) -> str:  # STRING: a job for this run is queued
-        return f"{self.prefix}:run:{run}:wake"
-
     def delivery(self, run: str) -> str:  # HASH attempts, first/last failure, next attempt, in flight
         return f"{self.prefix}:run:{run}:delivery"
 
@@ -46,6 +43,14 @@ class Keys:
     @property
     def backlog(self) -> str:  # ZSET run -> time since which it has had something undelivered
         return f"{self.prefix}:runs:backlog"
+
+    @property
+    def woken(self) -> str:  # ZSET run -> when a worker is to advance it (now, or at its next delivery attempt)
+        return f"{self.prefix}:runs:woken"
+
+    @property
+    def drain(self) -> str:  # STRING: a job is queued to work through the woken runs
+        return f"{self.prefix}:runs:drain"
 
     @property
     def retrying(self) -> str:  # ZSET run -> time of its next delivery attempt

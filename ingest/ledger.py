@@ -74,13 +74,14 @@ class Ledger:
                 pipe.srem(self.keys.ledger(self.destination, trace_id), *ids)
             pipe.execute()
 
-    def doubt(self, items: Iterable[Key], at: float) -> None:
+    def doubt(self, items: Iterable[Key], at: float, record: Iterable[Key] = ()) -> None:
         """A request carrying these is about to go out: until its answer says otherwise, Langfuse
-        may have stored them."""
-        grouped = by_trace(items)
-        if not grouped:
+        may have stored them. (`record`: accepted ones, recorded in the same transaction.)"""
+        grouped, record = by_trace(items), list(record)
+        if not grouped and not record:
             return
         with self.redis.pipeline(transaction=True) as pipe:
+            self.record(record, pipe)
             for trace_id, ids in grouped.items():
                 pipe.hset(self.keys.doubts(self.destination, trace_id), mapping={i: repr(at) for i in ids})
                 pipe.expire(self.keys.doubts(self.destination, trace_id), self.ttl)

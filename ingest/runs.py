@@ -53,12 +53,37 @@ class DeliveryState:
         )
 
 
-# KEYS: wake, lease, state, log, active.  ARGV: token, lease ms, run.
+# KEYS: woken, drain.  ARGV: at, drain ttl, now, run...
+# Runs are woken in one sorted set, by when they are due; one queued job at a time (`drain`)
+# works through them. Returns 1 when a job must be queued.
+_WAKE = """
+if #ARGV > 3 then
+  local args = {}
+  for i = 4, #ARGV do
+    args[#args + 1] = ARGV[1]
+    args[#args + 1] = ARGV[i]
+  end
+  redis.call('zadd', KEYS[1], 'LT', unpack(args))
+end
+local first = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] and tonumber(first[2]) <= tonumber(ARGV[3])
+   and redis.call('set', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# KEYS: woken, drain.  ARGV: now, limit, job started (1/0).
+_POP = """
+if ARGV[3] == '1' then redis.call('del', KEYS[2]) end
+local runs = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #runs > 0 then redis.call('zrem', KEYS[1], unpack(runs)) end
+return runs
+"""
+
+# KEYS: lease, state, log, active.  ARGV: token, lease ms, run.
 # The run's lease, and what its fold step starts from; nil when another worker holds it.
 _TAKE = """
-redis.call('del', KEYS[1])
-if not redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return {redis.call('get', KEYS[3]) or '', redis.call('hlen', KEYS[4]), redis.call('zscore', KEYS[5], ARGV[3]) or ''}
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return {redis.call('get', KEYS[2]) or '', redis.call('hlen', KEYS[3]), redis.call('zscore', KEYS[4], ARGV[3]) or ''}
 """
 
 # KEYS: lease, state, outbox, log, active, delivery, then one per Codex thread whose usage is kept.
@@ -196,27 +221,28 @@ class RunStore:
     def was_reused(self, run: str) -> bool:
         return self.redis.zscore(self.keys.reused, run) is not None
 
-    def request_wakes(self, runs: Iterable[str], ttl: int = 60) -> list[str]:
-        """The runs of `runs` that need a job queued (none is queued for them yet), now marked."""
+    def wake(self, runs: Iterable[str], at: float, now: float, ttl: int = 60) -> bool:
+        """Wake `runs` at `at` (of two wake-ups of a run, the earlier counts). True when a job must
+        be queued: some woken run is due by `now` and no job is queued for them yet."""
         runs = list(dict.fromkeys(runs))
-        if not runs:
-            return []
-        with self.redis.pipeline(transaction=False) as pipe:
-            for run in runs:
-                pipe.set(self.keys.wake(run), b"1", nx=True, ex=ttl)
-            return [run for run, new in zip(runs, pipe.execute()) if new]
+        return bool(self.redis.eval(_WAKE, 2, self.keys.woken, self.keys.drain, at, ttl, now, *runs))
+
+    def pop_woken(self, limit: int, now: float, job_started: bool = False) -> list[str]:
+        """Up to `limit` runs due by `now`, the longest waiting first, no longer woken. `job_started`:
+        the job that asks was taken off the queue, so the runs woken from now on need another."""
+        runs = self.redis.eval(_POP, 2, self.keys.woken, self.keys.drain, now, limit, 1 if job_started else 0)
+        return [run.decode() for run in runs]
 
     # ---- a job's runs, all at once ----
 
     def take(self, runs: list[str], limit: int) -> list[Taken]:
         """The runs of `runs` nobody holds, leased to this worker, each with its state and up to
-        `limit` entries from its next one on; their wake-up flags cleared. Two round trips."""
+        `limit` entries from its next one on. Two round trips."""
         tokens = {run: uuid.uuid4().hex for run in runs}
         with self.redis.pipeline(transaction=False) as pipe:
             for run in runs:
                 k = self.keys
-                pipe.eval(_TAKE, 5, k.wake(run), k.lease(run), k.state(run), k.log(run), k.active,
-                          tokens[run], self.lease_ms, run)
+                pipe.eval(_TAKE, 4, k.lease(run), k.state(run), k.log(run), k.active, tokens[run], self.lease_ms, run)
             answers = pipe.execute()
         taken = []
         for run, answer in zip(runs, answers):

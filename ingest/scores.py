@@ -21,7 +21,7 @@ from codex_langfuse.ingest.observations import Score, root_id, score_id
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.settings import Settings
-from codex_langfuse.ingest.wake import enqueue_runs
+from codex_langfuse.ingest.wake import wake_runs
 
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -55,7 +55,7 @@ def attach_score(settings: Settings, run_or_trace: str, name: str, value: float 
         store.add_scores(pipe, run_id, [payload])
         pipe.zadd(keys.backlog, {run_id: time.time()}, nx=True)
         pipe.execute()
-    enqueue_runs(store, connections.queue(settings, connection), [run_id])
+    wake_runs(store, connections.queue(settings, connection), [run_id])
     return payload, notes
 
 

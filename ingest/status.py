@@ -65,6 +65,7 @@ def collect(settings: Settings, connection: redis.Redis | None = None) -> dict[s
             "failed_jobs": FailedJobRegistry(queue=queue).count,
         },
         "runs": {
+            "waiting": connection.zcount(keys.woken, "-inf", now),  # due for a worker, none on them yet
             "open": connection.zcard(keys.active),
             "with_backlog": connection.zcard(keys.backlog),
             "retrying": connection.zcard(keys.retrying),
@@ -127,7 +128,8 @@ def render(report: dict[str, Any]) -> str:
         f"pending {stream['pending']}, poison {stream['poison']}",
         f"queue          {queue['name']}: depth {queue['depth']}, in progress {queue['in_progress']}, "
         f"scheduled {queue['scheduled']}, failed jobs {queue['failed_jobs']}",
-        f"runs           open {runs['open']}, with backlog {runs['with_backlog']}, retrying {runs['retrying']}"
+        f"runs           open {runs['open']}, waiting for a worker {runs['waiting']}, "
+        f"with backlog {runs['with_backlog']}, retrying {runs['retrying']}"
         + (f", reused run ids {runs['reused_run_ids']}" if runs["reused_run_ids"] else ""),
         f"workers        {workers['alive']} alive, {workers['busy']} busy",
         f"dispatchers    {report['dispatchers']['alive']} alive",

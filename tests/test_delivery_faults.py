@@ -305,7 +305,8 @@ def test_status_json_counts_what_is_in_each_state(stack):
     assert stack.cli("dispatch", "--once").returncode == 0
     report = status(stack)
     assert report["stream"]["lag"] == 0
-    assert report["queue"]["depth"] == 1  # one job per run, however many events
+    assert report["queue"]["depth"] == 1  # one job for the woken runs, however many events
+    assert report["runs"]["waiting"] == 1
     # 4. Dead letters of two reasons, and a worker alive.
     stack.receiver.reject_spans(observation_id("unread", "root"))
     stack.receiver.fail("scores", 403, for_seconds=3600)

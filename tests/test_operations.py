@@ -179,7 +179,7 @@ def test_entries_for_a_closed_run_never_reopen_it(stack):
     assert stack.receiver.duplicates() == {}
     assert stack.redis.zcard(stack.keys.active) == 0
     time.sleep(2)  # four sweeps at 0.5 s: none may wake the closed run again
-    assert stack.redis.zcard(stack.keys.active) == 0 and stack.redis.exists(stack.keys.wake("closed-run")) == 0
+    assert stack.redis.zcard(stack.keys.active) == 0 and stack.redis.zscore(stack.keys.woken, "closed-run") is None
 
 
 # ---- processes that stay up ----

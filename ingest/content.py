@@ -36,6 +36,8 @@ MARKERS = (
     "password", "passwd", "secret", "token", "api", "key",
 )
 
+_MARKER = re.compile("|".join(map(re.escape, MARKERS)))
+
 _VALUE_AFTER_ASSIGNMENT = re.compile(
     r"(?i)(\b[A-Za-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[A-Za-z0-9_.-]*"
     r"[\"']?\s*[:=]\s*[\"']?)((?!\[REDACTED)(?=[^\s\"',;]*[A-Za-z])[^\s\"',;]{6,})"
@@ -69,10 +71,8 @@ class ContentPolicy:
     def redact_text(self, text: str) -> str:
         if not self.redact or not text:
             return text
-        if not self.extra_patterns:
-            lowered = text.lower()
-            if not any(marker in lowered for marker in MARKERS):
-                return text
+        if not self.extra_patterns and _MARKER.search(text.lower()) is None:
+            return text
         for name, pattern in self._patterns:
             text = pattern.sub(f"[REDACTED:{name}]", text)
         return _VALUE_AFTER_ASSIGNMENT.sub(lambda m: f"{m.group(1)}[REDACTED]", text)

@@ -60,6 +60,7 @@ class Folder:
         self.state = state
         self.ctx = context
         self.result = FoldResult(state=state)
+        self._traces: dict[str, TraceAttributes] = {}
         if state.environment is None:
             # the worker's default, fixed when the run is first folded: the run keeps it
             state.environment = context.environment
@@ -130,10 +131,22 @@ class Folder:
 
     def trace(self, root: bool = False) -> TraceAttributes:
         """The trace attributes of a span; `root`: of the run's root, which alone carries the
-        trace's metadata (and, when a joined run sets them, its input and output)."""
+        trace's metadata (and, when a joined run sets them, its input and output). Those of the
+        other spans are made once per distinct value (every span of a run repeats them)."""
         meta = self.state.meta
         tags = meta.get("tags") or ()
         own = self.sets_trace
+        if not root:
+            key = repr((own, self.run_name if own else None, meta.get("user_id"), meta.get("session_id"),
+                        self.state.thread_id, tags, self.state.environment, meta.get("release"),
+                        meta.get("codex_version")))
+            made = self._traces.get(key)
+            if made is None:
+                made = self._traces[key] = self._trace(meta, tags, own, root)
+            return made
+        return self._trace(meta, tags, own, root)
+
+    def _trace(self, meta: dict[str, Any], tags: Any, own: bool, root: bool) -> TraceAttributes:
         return TraceAttributes(
             name=self.run_name if own else None,
             user_id=meta.get("user_id"),

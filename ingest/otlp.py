@@ -98,10 +98,15 @@ def encode_span(obs: Observation, policy: ContentPolicy) -> dict[str, Any]:
 def trace_attributes(trace: TraceAttributes, policy: ContentPolicy) -> list[dict[str, Any]]:
     """The trace-level attributes every span of a run repeats: built (and redacted) once per
     distinct value rather than once per span."""
+    same = policy.memo("trace_attributes_of")  # id -> (the very object, its attributes): no key to build
+    known = same.get(id(trace))
+    if known is not None and known[0] is trace:
+        return known[1]
     cache = policy.memo("trace_attributes")
     key = trace.model_dump_json()
     cached = cache.get(key)
     if cached is not None:
+        _remember(same, id(trace), (trace, cached))
         return cached
     attributes: list[dict[str, Any]] = []
     for name, value in ((A.TRACE_NAME, trace.name), (A.TRACE_USER_ID, trace.user_id),
@@ -119,10 +124,15 @@ def trace_attributes(trace: TraceAttributes, policy: ContentPolicy) -> list[dict
         for name, value in ((TRACE_INPUT, trace.input), (TRACE_OUTPUT, trace.output)):
             if value is not None:
                 attributes.append(_string(name, policy.cap(_io(policy.clean(value)))))
+    _remember(cache, key, attributes)
+    _remember(same, id(trace), (trace, attributes))
+    return attributes
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) >= 256:
         cache.clear()
-    cache[key] = attributes
-    return attributes
+    cache[key] = value
 
 
 _BODY_HEAD = orjson.dumps({"resourceSpans": [{"resource": RESOURCE, "scopeSpans": [{"scope": SCOPE, "spans": []}]}]})

@@ -30,7 +30,7 @@ import redis
 from codex_langfuse.ingest import connections, metrics
 from codex_langfuse.ingest.entries import Entry, InvalidEntry
 from codex_langfuse.ingest.registry import Heartbeat, Registry, describe
-from codex_langfuse.ingest.wake import wake_runs
+from codex_langfuse.ingest.wake import queue_job, wake_runs
 from codex_langfuse.ingest.runs import RunStore
 from codex_langfuse.ingest.settings import Settings
 
@@ -92,7 +92,6 @@ class Dispatcher:
 
     def _dispatch(self, entries: list[StreamEntry]) -> None:
         now = time.time()
-        runs: list[str] = []
         poison: list[tuple[bytes, dict[bytes, bytes], str]] = []
         parsed: list[Entry] = []
         for entry_id, fields in entries:
@@ -101,18 +100,13 @@ class Dispatcher:
             except InvalidEntry as exc:
                 poison.append((entry_id, fields, f"invalid entry: {exc}"))
         run_keys, reused = self.store.run_keys(parsed, now) if parsed else ([], set())
-        with self.redis.pipeline(transaction=False) as pipe:
-            for entry, key in zip(parsed, run_keys):
-                self.store.file(pipe, key, entry, now)
-                if key not in runs:
-                    runs.append(key)
-            pipe.execute()
+        if parsed and self.store.file(parsed, run_keys, now):
+            self.counts["jobs"] += queue_job(self.queue)
         if self.store.note_reused(reused, now):
             for run in sorted(reused):
                 metrics.runs_reused.inc()
                 log.warning("run id %s was reused by another run: each is delivered complete, with observations "
                             "of its own, to the same trace; give every run its own id", run)
-        self.counts["jobs"] += wake_runs(self.store, self.queue, runs)
         self._poison(poison)
         poisoned = {entry_id for entry_id, _, _ in poison}
         good = [entry_id for entry_id, _ in entries if entry_id not in poisoned]

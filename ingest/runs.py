@@ -53,22 +53,61 @@ class DeliveryState:
         )
 
 
-# KEYS: woken, drain.  ARGV: at, drain ttl, now, run...
-# Runs are woken in one sorted set, by when they are due; one queued job at a time (`drain`)
-# works through them. Returns 1 when a job must be queued.
-_WAKE = """
-if #ARGV > 3 then
-  local args = {}
-  for i = 4, #ARGV do
-    args[#args + 1] = ARGV[1]
-    args[#args + 1] = ARGV[i]
-  end
-  redis.call('zadd', KEYS[1], 'LT', unpack(args))
+# KEYS: per run id, its first-instance key and its trace's run key.  ARGV: ttl, then per run id: its
+# instance in this batch, the run id. The instance that used each run id first (claimed by this
+# batch when none had).
+_CLAIM = """
+local firsts = {}
+for i = 1, #KEYS / 2 do
+  redis.call('set', KEYS[2 * i - 1], ARGV[2 * i], 'NX', 'EX', ARGV[1])
+  firsts[i] = redis.call('get', KEYS[2 * i - 1])
+  redis.call('expire', KEYS[2 * i - 1], ARGV[1])
+  redis.call('set', KEYS[2 * i], ARGV[2 * i + 1], 'NX', 'EX', ARGV[1])
 end
-local first = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')
-if first[2] and tonumber(first[2]) <= tonumber(ARGV[3])
-   and redis.call('set', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 1 end
-return 0
+return firsts
+"""
+
+# Runs are woken in one sorted set, by when they are due; one queued job at a time (`drain`) works
+# through them. wake(woken, drain, at, ttl, now, runs): wake `runs` at `at` (the earlier of two
+# wake-ups counts); 1 when a job must be queued (some run is due by `now`, no job is queued).
+_WAKE_FUNCTION = """
+local function wake(woken, drain, at, ttl, now, runs)
+  if #runs > 0 then
+    local args = {}
+    for _, run in ipairs(runs) do
+      args[#args + 1] = at
+      args[#args + 1] = run
+    end
+    redis.call('zadd', woken, 'LT', unpack(args))
+  end
+  local first = redis.call('zrange', woken, 0, 0, 'WITHSCORES')
+  if first[2] and tonumber(first[2]) <= tonumber(now) and redis.call('set', drain, '1', 'NX', 'EX', ttl) then
+    return 1
+  end
+  return 0
+end
+"""
+
+# KEYS: woken, drain.  ARGV: at, drain ttl, now, run...
+_WAKE = _WAKE_FUNCTION + """
+return wake(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {unpack(ARGV, 4)})
+"""
+
+# KEYS: active, backlog, woken, drain, then the log of each run key.  ARGV: now, drain ttl, number of
+# run keys, the run keys, then per entry: the number of its run key (1-based), its seq, its packed
+# form. Files the entries, then wakes their runs (only once all are filed).
+_FILE = _WAKE_FUNCTION + """
+local runs = tonumber(ARGV[3])
+for i = 4 + runs, #ARGV, 3 do
+  redis.call('hsetnx', KEYS[4 + tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+end
+local keys = {}
+for r = 1, runs do
+  keys[r] = ARGV[3 + r]
+  redis.call('zadd', KEYS[1], 'GT', ARGV[1], keys[r])
+  redis.call('zadd', KEYS[2], 'NX', ARGV[1], keys[r])
+end
+return wake(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[1], keys)
 """
 
 # KEYS: woken, drain.  ARGV: now, limit, job started (1/0).
@@ -181,27 +220,28 @@ class RunStore:
         """The run key of each entry, and the run ids a new instance reused in this batch.
 
         The first instance of a run id to reach Redis keeps the run id as its key (and so its
-        trace and observation ids); a later one gets `<run id>/<inst>`."""
+        trace and observation ids); a later one gets `<run id>/<inst>`. One round trip."""
         claims: dict[str, str] = {}
         for entry in entries:
             claims.setdefault(entry.run, entry.inst or NO_INST)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for run, inst in claims.items():
-                pipe.set(self.keys.first_instance(run), inst, nx=True, ex=self.id_ttl)
-                pipe.get(self.keys.first_instance(run))
-                pipe.expire(self.keys.first_instance(run), self.id_ttl)
-                pipe.set(self.keys.trace_run(trace_id(run)), run, nx=True, ex=self.id_ttl)
-            answers = pipe.execute()
-        first = {run: answers[i * 4 + 1].decode() for i, run in enumerate(claims)}
+        keys = [key for run in claims for key in (self.keys.first_instance(run), self.keys.trace_run(trace_id(run)))]
+        args = [arg for run, inst in claims.items() for arg in (inst, run)]
+        answers = self.redis.eval(_CLAIM, len(keys), *keys, self.id_ttl, *args)
+        first = {run: answer.decode() for run, answer in zip(claims, answers)}
         keys = [run_key(entry.run, entry.inst, first[entry.run]) for entry in entries]
         reused = {entry.run for entry, key in zip(entries, keys) if key != entry.run}
         return keys, reused
 
-    def file(self, pipe: Any, key: str, entry: Entry, now: float) -> None:
-        """File one entry under its run key (idempotent: a redelivered entry changes nothing)."""
-        pipe.hsetnx(self.keys.log(key), str(entry.seq), entry.pack())
-        pipe.zadd(self.keys.active, {key: now}, gt=True)
-        pipe.zadd(self.keys.backlog, {key: now}, nx=True)
+    def file(self, entries: list[Entry], keys: list[str], now: float, ttl: int = 60) -> bool:
+        """File each entry under its run key (idempotent: a redelivered entry changes nothing) and
+        wake the runs: one round trip. True when a job must be queued for them (`wake`)."""
+        runs = list(dict.fromkeys(keys))
+        index = {run: i for i, run in enumerate(runs, 1)}
+        args: list[Any] = [now, ttl, len(runs), *runs]
+        for entry, key in zip(entries, keys):
+            args += (index[key], entry.seq, entry.pack())
+        return bool(self.redis.eval(_FILE, 4 + len(runs), self.keys.active, self.keys.backlog, self.keys.woken,
+                                    self.keys.drain, *(self.keys.log(run) for run in runs), *args))
 
     def note_reused(self, runs: Iterable[str], now: float) -> int:
         """Record run ids a second instance reused; returns how many were new to the record."""

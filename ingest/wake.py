@@ -29,8 +29,11 @@ JOB_OPTIONS: dict[str, Any] = {"retry": JOB_RETRY, "result_ttl": 300, "failure_t
 def wake_runs(store: RunStore, queue: Queue, runs: list[str]) -> int:
     """Wake `runs` now, and queue a job unless one is queued already; returns the jobs queued."""
     now = time.time()
-    if not store.wake(runs, now, now):
-        return 0
+    return queue_job(queue) if store.wake(runs, now, now) else 0
+
+
+def queue_job(queue: Queue) -> int:
+    """Queue a job for the woken runs (the caller found none queued); returns 1."""
     queue.enqueue_many([Queue.prepare_data(PROCESS_WOKEN, description="process_woken", **JOB_OPTIONS)])
     return 1
 

@@ -11,8 +11,9 @@ commit.
 
 Live, not batched: a step folds for at most `STEP_SECONDS` before it delivers what completed (a
 run with a longer backlog is woken again for the rest), and a run that keeps writing is popped
-again at the next step, so an item reaches Langfuse about one step after the line that completed
-it, whatever else the workers are doing.
+again at a next step, so an item reaches Langfuse a step or two after the line that completed it,
+whatever else the workers are doing. A step's delivery runs on a thread of its own while the next
+step is read and folded (`Handover`): waiting on Langfuse and Redis overlaps folding.
 
 Entries that come for a closed run (or after their gap was given up) are folded as late: they
 never re-open it, and the run leaves the open runs either way. When a run is closed and all of
@@ -21,9 +22,11 @@ it delivered, one line says so: `run X: 14 spans, $0.0085`.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
 
 from codex_langfuse.ingest import logs, metrics
 from codex_langfuse.ingest.context import WorkerContext, context
@@ -35,7 +38,7 @@ from codex_langfuse.ingest.lease import LeaseLost
 from codex_langfuse.ingest.otlp import encode_span
 from codex_langfuse.ingest.outbox import Delivered, Parcel, Settlement, deliver, parcel
 from codex_langfuse.ingest.retry import JOB_RETRY
-from codex_langfuse.ingest.runs import Step, Taken
+from codex_langfuse.ingest.runs import Committed, Step, Taken
 from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.wake import wake_runs
 
@@ -55,39 +58,80 @@ DRAIN_SECONDS = 5.0
 def process_woken() -> dict[str, Any]:
     """Advance the woken runs that are due, step by step, until none is or DRAIN_SECONDS passed."""
     ctx = context()
-    summary: dict[str, Any] = {"steps": 0, "runs": 0, "held_elsewhere": 0, "observations": 0, "scores": 0,
-                               "delivered": 0}
+    summary = Summary()
     deadline = time.monotonic() + DRAIN_SECONDS
-    runs = ctx.store.pop_woken(RUNS_PER_STEP, time.time(), job_started=True)
-    while runs:
-        try:
-            advance_runs(ctx, runs, summary)
-        except Exception:
-            # They are no longer woken: woken again for when RQ tries this job again (`JOB_RETRY`).
-            ctx.store.wake(runs, time.time() + JOB_RETRY.intervals[0], time.time())
-            raise
-        if time.monotonic() >= deadline:
-            wake_runs(ctx.store, ctx.queue, [])  # a job of its own for what is due now, if anything is
-            break
-        runs = ctx.store.pop_woken(RUNS_PER_STEP, time.time())
+    with Handover(summary) as handover:
+        runs = ctx.store.pop_woken(RUNS_PER_STEP, time.time(), job_started=True)
+        while runs:
+            try:
+                advance_runs(ctx, runs, summary, handover)
+            except Exception:
+                # They are no longer woken: woken again for when RQ tries this job again (`JOB_RETRY`).
+                ctx.store.wake(runs, time.time() + JOB_RETRY.intervals[0], time.time())
+                raise
+            if time.monotonic() >= deadline:
+                handover.wait()
+                wake_runs(ctx.store, ctx.queue, [])  # a job of its own for what is due now, if anything is
+                break
+            runs = ctx.store.pop_woken(RUNS_PER_STEP, time.time())
     return summary
 
 
 def process_run(run_id: str) -> dict[str, Any]:
     """Jobs queued by earlier versions name one run."""
-    summary: dict[str, Any] = {"steps": 0, "runs": 0, "held_elsewhere": 0, "observations": 0, "scores": 0,
-                               "delivered": 0}
-    advance_runs(context(), [run_id], summary)
+    summary = Summary()
+    with Handover(summary) as handover:
+        advance_runs(context(), [run_id], summary, handover)
     return summary
 
 
-def advance_runs(ctx: WorkerContext, runs: list[str], summary: dict[str, Any]) -> None:
+class Summary(dict):
+    """What a job did, in numbers (RQ keeps it as the job's result)."""
+
+    def __init__(self) -> None:
+        super().__init__(steps=0, runs=0, held_elsewhere=0, observations=0, scores=0, delivered=0, lease_lost=0)
+
+    def add(self, other: dict[str, int]) -> None:
+        for name, count in other.items():
+            self[name] = self.get(name, 0) + count
+
+
+class Handover:
+    """A step's delivery runs on a thread of its own while the next step is read and folded: the
+    worker folds while it waits on Langfuse and Redis. One delivery at a time; the job ends once
+    the last is done."""
+
+    def __init__(self, summary: Summary):
+        self.summary = summary
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delivery")
+        self.pending: Future[dict[str, int]] | None = None
+
+    def __enter__(self) -> "Handover":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown()
+
+    def hand(self, work: Callable[[], dict[str, int]]) -> None:
+        self.wait()
+        self.pending = self.pool.submit(contextvars.copy_context().run, work)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.summary.add(pending.result())
+
+
+def advance_runs(ctx: WorkerContext, runs: list[str], summary: Summary, handover: Handover) -> None:
     """Advance the runs filed under these run keys: one step each."""
     taken = ctx.store.take(list(dict.fromkeys(runs)), ctx.settings.fold_batch)
     summary["steps"] += 1
     summary["runs"] += len(taken)
-    # The holder of a run this step could not take looks for new entries after letting it go,
-    # so nothing is left behind.
+    # The holder of a run this step could not take (another worker, or this one's delivery in
+    # flight) looks for new entries after letting it go, so nothing is left behind.
     summary["held_elsewhere"] += len(runs) - len(taken)
     pending: list[tuple[Taken, Step]] = []
     try:
@@ -96,65 +140,81 @@ def advance_runs(ctx: WorkerContext, runs: list[str], summary: dict[str, Any]) -
             with logs.for_run(t.run):
                 pending.append((t, advance(ctx, t, started + STEP_SECONDS, summary)))
             if time.monotonic() - started >= STEP_SECONDS and index + 1 < len(taken):
-                flush(ctx, pending, summary)
+                handover.hand(commit(ctx, pending, summary))
                 pending = []
                 started = time.monotonic()
-        flush(ctx, pending, summary)
+        handover.hand(commit(ctx, pending, summary))
         pending = []
     finally:
-        if pending:  # an error before they were delivered: let them go, another job takes over
-            with ctx.redis.pipeline(transaction=False) as pipe:
-                for t, step in pending:
-                    ctx.store.finish(pipe, t.run, t.token, (step.state or t.state or new_state(t.run)).next_seq,
-                                     False)
-                pipe.execute()
+        if pending:  # an error before they were committed: let them go, another job takes over
+            release(ctx, [(t.run, t.token, (step.state or t.state or new_state(t.run)).next_seq)
+                          for t, step in pending])
 
 
-def flush(ctx: WorkerContext, pending: list[tuple[Taken, Step]], summary: dict[str, Any]) -> None:
-    """Commit the steps, deliver the runs' outboxes, let the runs go, wake those with more to fold."""
-    if not pending:
-        return
-    store = ctx.store
-    committed = store.commit([step for _, step in pending])
-    now = time.time()
-    parcels: list[Parcel] = []
-    outcomes: dict[str, Delivered] = {}
+def release(ctx: WorkerContext, runs: list[tuple[str, str, int]]) -> None:
+    with ctx.redis.pipeline(transaction=False) as pipe:
+        for run, token, next_seq in runs:
+            ctx.store.finish(pipe, run, token, next_seq, False)
+        pipe.execute()
+
+
+def commit(ctx: WorkerContext, pending: list[tuple[Taken, Step]], summary: Summary
+           ) -> Callable[[], dict[str, int]]:
+    """Commit the steps; then what delivers them (`deliver_runs`), for the handover."""
+    committed = ctx.store.commit([step for _, step in pending]) if pending else {}
     live: list[tuple[Taken, Step, RunState]] = []
     for t, step in pending:
-        state = step.state or t.state or new_state(t.run)
-        books = committed[t.run]
-        if books is None:
-            summary["lease_lost"] = summary.get("lease_lost", 0) + 1
+        if committed[t.run] is None:
+            summary["lease_lost"] += 1
             with logs.for_run(t.run):
                 log.warning("run %s: lease lost, another worker continues", t.run)
             continue
-        live.append((t, step, state))
-        found = parcel(ctx, t.run, state.trace_id, books, step.spans, step.scores, now)
-        if isinstance(found, Parcel):
-            parcels.append(found)
-        elif isinstance(found, Delivered):
-            outcomes[t.run] = found
-    leases = {t.run: t.token for t, _, _ in live}
-    settlement = Settlement()
+        live.append((t, step, step.state or t.state or new_state(t.run)))
+    return lambda: deliver_runs(ctx, live, {t.run: committed[t.run] for t, _, _ in live})
+
+
+def deliver_runs(ctx: WorkerContext, live: list[tuple[Taken, Step, RunState]],
+                 committed: dict[str, Committed]) -> dict[str, int]:
+    """Deliver the runs' outboxes, let the runs go, wake those with more to fold; the counts."""
+    counts = {"delivered": 0, "lease_lost": 0}
+    if not live:
+        return counts
+    store = ctx.store
     try:
-        settlement = deliver(ctx, parcels, keep_alive=Renewal(ctx, leases))
-    except LeaseLost as lost:
-        summary["lease_lost"] = summary.get("lease_lost", 0) + 1
-        log.warning("%s: lease lost during delivery, another worker continues", lost)
-    outcomes.update(settlement.outcomes)
-    # The delivery's books and the runs let go, at once.
-    with store.redis.pipeline(transaction=True) as pipe:
-        settlement.write(pipe)
-        first = len(pipe)
-        for t, _, state in live:
-            store.finish(pipe, t.run, t.token, state.next_seq, state.closed)
-        answers = pipe.execute()[first:]
+        now = time.time()
+        parcels: list[Parcel] = []
+        outcomes: dict[str, Delivered] = {}
+        for t, step, state in live:
+            found = parcel(ctx, t.run, state.trace_id, committed[t.run], step.spans, step.scores, now)
+            if isinstance(found, Parcel):
+                parcels.append(found)
+            elif isinstance(found, Delivered):
+                outcomes[t.run] = found
+        settlement = Settlement()
+        try:
+            settlement = deliver(ctx, parcels, keep_alive=Renewal(ctx, {t.run: t.token for t, _, _ in live}))
+        except LeaseLost as lost:
+            counts["lease_lost"] += 1
+            log.warning("%s: lease lost during delivery, another worker continues", lost)
+        outcomes.update(settlement.outcomes)
+        # The delivery's books and the runs let go, at once.
+        with store.redis.pipeline(transaction=True) as pipe:
+            settlement.write(pipe)
+            first = len(pipe)
+            for t, _, state in live:
+                store.finish(pipe, t.run, t.token, state.next_seq, state.closed)
+            answers = pipe.execute()[first:]
+    except Exception:
+        # Let them go and wake them for when RQ tries the job again; the leases would expire anyway.
+        release(ctx, [(t.run, t.token, state.next_seq) for t, _, state in live])
+        store.wake([t.run for t, _, _ in live], time.time() + JOB_RETRY.intervals[0], time.time())
+        raise
     settlement.after(ctx)
     again, not_due = [], []
     for (t, _, state), (more, left) in zip(live, answers):
         outcome = outcomes.get(t.run)
         if outcome is not None:
-            summary["delivered"] += outcome.delivered
+            counts["delivered"] += outcome.delivered
             if outcome.retry_at and not outcome.attempted:
                 not_due.append((t.run, outcome.retry_at))
         if more:
@@ -164,9 +224,10 @@ def flush(ctx: WorkerContext, pending: list[tuple[Taken, Step]], summary: dict[s
             with logs.for_run(t.run):
                 log.info("run %s: %d spans, $%.4f", t.run, state.spans, state.cost)
     for run, at in not_due:  # its delivery waits: woken again when its attempt is due
-        store.wake([run], at, now)
+        store.wake([run], at, time.time())
     if again:
         wake_runs(store, ctx.queue, again)
+    return counts
 
 
 class Renewal:
@@ -189,7 +250,7 @@ class Renewal:
         self.renewed = time.monotonic()
 
 
-def advance(ctx: WorkerContext, t: Taken, deadline: float, summary: dict[str, Any]) -> Step:
+def advance(ctx: WorkerContext, t: Taken, deadline: float, summary: Summary) -> Step:
     """The fold step of one run: what to commit (its state None when nothing changed)."""
     store, settings = ctx.store, ctx.settings
     state = t.state

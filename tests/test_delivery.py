@@ -96,6 +96,34 @@ def test_a_score_the_server_refuses_is_rejected_alone(make, profile):
     assert [s.name for s in receiver.scores()] == ["errors"]
 
 
+# ---- several traces at once ----
+
+def test_the_spans_of_two_traces_share_a_request_and_each_trace_keeps_its_own_ledger(make):
+    receiver, delivery, _ = make("latest")
+    other = "1" * 32
+    theirs = Span.encode({**SPANS[0].decode(), "traceId": other})  # the same span id in another trace
+    report = delivery.send_spans([SPANS[0], theirs])
+    assert report.transient is None and sorted(report.accepted) == sorted([(TRACE, SPANS[0].span_id),
+                                                                          (other, theirs.span_id)])
+    assert len(receiver.requests("traces")) == 1
+    assert {(s.trace_id, s.span_id) for s in receiver.spans()} == set(report.accepted)
+    assert delivery.ledger.accepted([(TRACE, SPANS[0].span_id), (other, theirs.span_id), (other, SPANS[1].span_id)]) \
+        == set(report.accepted)
+    again = delivery.send_spans([SPANS[0], theirs])
+    assert again.accepted == [] and len(again.skipped) == 2 and len(receiver.requests("traces")) == 1
+
+
+def test_what_the_last_request_accepted_is_left_for_the_caller_to_record_with_its_books(make):
+    receiver, delivery, _ = make("latest")
+    report = delivery.send_spans(SPANS, record_later=True)  # 3 requests of at most 2 spans
+    assert len(receiver.requests("traces")) == 3 and len(report.accepted) == 5
+    assert report.unrecorded == KEYS[4:]  # the earlier requests' spans were recorded before the next went out
+    assert delivery.ledger.accepted(KEYS) == set(KEYS[:4])
+    assert set(delivery.ledger.doubtful(KEYS)) == set(KEYS[4:])  # until recorded, in doubt
+    delivery.ledger.record(report.unrecorded)
+    assert delivery.ledger.accepted(KEYS) == set(KEYS) and delivery.ledger.doubtful(KEYS) == {}
+
+
 # ---- spans whose send ended in doubt ----
 
 @pytest.mark.parametrize("profile", ["latest", "v4.16", "v3"])

@@ -7,7 +7,8 @@ run (the 0.169.0 full run's items repeated 16 times in one turn, as pipeline_thr
 Each run is folded from a new state in one call, as a worker does with a whole backlog. Events =
 entries of a run (start, lines, end). The Entry objects are built before the clock starts; the
 table also shows the rate with `Entry.unpack` (what a worker does on reading the run log) and
-with `json.dumps` of the spans (what it stores in the outbox), for information.
+with `Span.encode` of the spans (encoded once: what it stores in the outbox and sends), for
+information.
 
 Rates are per CPU second of this process (time.process_time: what one core does, whatever else
 runs on a shared machine), with the wall-clock rate beside them.
@@ -34,6 +35,7 @@ from _common import EXEC_FIXTURES, Report
 from codex_langfuse.ingest.content import ContentPolicy
 from codex_langfuse.ingest.entries import Entry
 from codex_langfuse.ingest.fold import FoldContext, fold, new_state
+from codex_langfuse.ingest.items import Span
 from codex_langfuse.ingest.otlp import encode_span
 from codex_langfuse.ingest.pricing import PriceTable
 from pipeline_throughput import LONG_RUN_SOURCE, long_run_entries, run_entries
@@ -96,7 +98,7 @@ def main() -> int:
         entries = [Entry.unpack(run[0].run, seq, value) for seq, value in packed]
         result = fold(new_state(run[0].run), entries, context)
         for observation in result.observations:
-            json.dumps(encode_span(observation, policy), ensure_ascii=False, separators=(",", ":"))
+            Span.encode(encode_span(observation, policy))
 
     workloads = {"fixture runs": build_runs("fixture runs", 5), "long runs": build_runs("long runs", 5)}
     if args.profile:
@@ -115,7 +117,7 @@ def main() -> int:
         spans = sum(len(fold(new_state(r[0].run), r, context).observations) for r in runs)
         measured = {name: rate(work, runs, seconds) for name, work in (
             ("json.loads", json_only), ("fold", fold_only), ("fold + encode_span", fold_encode),
-            ("Entry.unpack + fold + encode_span + json.dumps", worker_path))}
+            ("Entry.unpack + fold + encode_span + Span.encode", worker_path))}
         results[workload] = {"events": events, "runs": len(runs), "spans": spans, "rates": measured}
         print(f"  {workload}: " + ", ".join(f"{k} {v[0]:,.0f}/s" for k, v in measured.items()), flush=True)
 

@@ -51,7 +51,7 @@ class Dispatcher:
         self.group = self.keys.group
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._last_sweep = 0.0
-        self.counts = {"filed": 0, "poisoned": 0, "jobs": 0, "claimed": 0}
+        self.counts = {"filed": 0, "poisoned": 0, "jobs": 0, "claimed": 0, "conflicts": 0}
 
     def ensure_group(self) -> None:
         try:
@@ -90,8 +90,6 @@ class Dispatcher:
                     log.exception("entry %s failed", entry[0])
 
     def _dispatch(self, entries: list[StreamEntry]) -> None:
-        now = time.time()
-        runs: list[str] = []
         poison: list[tuple[bytes, dict[bytes, bytes], str]] = []
         parsed: list[Entry] = []
         for entry_id, fields in entries:
@@ -99,19 +97,24 @@ class Dispatcher:
                 parsed.append(Entry.from_stream(fields))
             except InvalidEntry as exc:
                 poison.append((entry_id, fields, f"invalid entry: {exc}"))
+                # Its run shows it at once instead of waiting for it; timed by its stream id, so a
+                # redelivery files the same placeholder.
+                placeholder = exc.placeholder(int(entry_id.split(b"-")[0]) * 1000)
+                if placeholder is not None:
+                    parsed.append(placeholder)
+        now = time.time()
         run_keys, reused = self.store.run_keys(parsed, now) if parsed else ([], set())
-        with self.redis.pipeline(transaction=False) as pipe:
-            for entry, key in zip(parsed, run_keys):
-                self.store.file(pipe, key, entry, now)
-                if key not in runs:
-                    runs.append(key)
-            pipe.execute()
+        conflicts = self.store.file(list(zip(parsed, run_keys)), now)
+        if conflicts:
+            self.counts["conflicts"] += conflicts
+            log.warning("%d entries arrived again under a sequence number with other data (kept to be shown)",
+                        conflicts)
         if self.store.note_reused(reused, now):
             for run in sorted(reused):
                 metrics.runs_reused.inc()
                 log.warning("run id %s was reused by another run: each is delivered complete, with observations "
                             "of its own, to the same trace; give every run its own id", run)
-        self.counts["jobs"] += enqueue_runs(self.store, self.queue, runs)
+        self.counts["jobs"] += enqueue_runs(self.store, self.queue, list(dict.fromkeys(run_keys)))
         self._poison(poison)
         poisoned = {entry_id for entry_id, _, _ in poison}
         good = [entry_id for entry_id, _ in entries if entry_id not in poisoned]

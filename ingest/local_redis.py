@@ -1,5 +1,9 @@
 """A redis-server of our own on 127.0.0.1, started and stopped by pid: the demo's embedded
-default, and the real server of the integration tests."""
+default, and the real server of the integration tests.
+
+Given users (`with_users`, see `ingest.acl`), it starts with ACLs on: those users, an `admin` with
+every right (the one `url` and `client()` use), and the default user off.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from codex_langfuse.ingest.acl import User, url_for
 
 
 def free_port() -> int:
@@ -34,10 +40,31 @@ class LocalRedis:
         self.appendonly = appendonly
         self.dir = Path(tempfile.mkdtemp(prefix="cl-redis-"))
         self.proc: subprocess.Popen | None = None
+        self.users: list[User] = []
+        self.admin_password: str | None = None
+
+    def with_users(self, users: list[User]) -> "LocalRedis":
+        """Start with ACLs on: these users, an admin, the default user off."""
+        self.users = list(users)
+        self.admin_password = self.admin_password or os.urandom(16).hex()
+        return self
 
     @property
     def url(self) -> str:
+        """As the admin user when ACLs are on."""
+        if self.admin_password:
+            return self.url_as("admin", self.admin_password)
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_as(self, user: str, password: str) -> str:
+        return url_for(f"redis://127.0.0.1:{self.port}/0", user, password)
+
+    def _acl_file(self) -> Path:
+        path = self.dir / "users.acl"
+        lines = ["user default off", f"user admin on >{self.admin_password} ~* &* +@all",
+                 *(user.acl_file_line() for user in self.users)]
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis.from_url(self.url, **kwargs)
@@ -49,11 +76,13 @@ class LocalRedis:
             "--maxmemory-policy", "noeviction", "--loglevel", "warning",
             "--appendonly", "yes" if self.appendonly else "no",
         ]
+        if self.users:
+            args += ["--aclfile", str(self._acl_file())]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
+                if redis.Redis.from_url(self.url, socket_timeout=0.2).ping():
                     return self
             except redis.RedisError:
                 time.sleep(0.02)

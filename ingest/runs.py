@@ -11,8 +11,8 @@ lease (it stalled past the lease time and another took over) commits nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
@@ -23,6 +23,15 @@ from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.keys import Keys
 from codex_langfuse.ingest.lease import Leases, LeaseLost
 from codex_langfuse.producer.entries import trace_id
+
+@dataclass
+class Waiting:
+    """What a fold step takes from a run's books: entries in sequence from `next_seq` on, and
+    conflicts (entries filed again under a folded or filed sequence number, with other data)."""
+
+    entries: list[Entry] = field(default_factory=list)
+    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> sample
+
 
 @dataclass
 class DeliveryState:
@@ -81,11 +90,34 @@ class RunStore:
         reused = {entry.run for entry, key in zip(entries, keys) if key != entry.run}
         return keys, reused
 
-    def file(self, pipe: Any, key: str, entry: Entry, now: float) -> None:
-        """File one entry under its run key (idempotent: a redelivered entry changes nothing)."""
-        pipe.hsetnx(self.keys.log(key), str(entry.seq), entry.pack())
-        pipe.zadd(self.keys.active, {key: now}, gt=True)
-        pipe.zadd(self.keys.backlog, {key: now}, nx=True)
+    def file(self, entries: Sequence[tuple[Entry, str]], now: float) -> int:
+        """File entries under their run keys (idempotent: a redelivered entry changes nothing).
+
+        The first entry that reaches a run key's sequence number is the one folded: its digest is
+        kept (`seqs`), and an entry that comes later under that number with other data is not
+        filed but kept aside as a conflict, to be shown (`conflicts`). Returns how many conflicted."""
+        if not entries:
+            return 0
+        digests = [entry.digest() for entry, _ in entries]
+        with self.redis.pipeline(transaction=True) as pipe:
+            for (entry, key), digest in zip(entries, digests):
+                pipe.hsetnx(self.keys.seqs(key), str(entry.seq), digest)
+                pipe.hget(self.keys.seqs(key), str(entry.seq))
+            firsts = pipe.execute()[1::2]
+        conflicts = 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for (entry, key), digest, first in zip(entries, digests, firsts):
+                if first is None or first.decode() == digest:
+                    pipe.hsetnx(self.keys.log(key), str(entry.seq), entry.pack())
+                else:
+                    conflicts += 1
+                    sample = {**entry.model_dump(exclude_none=True), "digest": digest, "first_digest": first.decode()}
+                    pipe.hsetnx(self.keys.conflicts(key), f"{entry.seq}:{digest}", _dumps(sample))
+            for key in dict.fromkeys(key for _, key in entries):
+                pipe.zadd(self.keys.active, {key: now}, gt=True)
+                pipe.zadd(self.keys.backlog, {key: now}, nx=True)
+            pipe.execute()
+        return conflicts
 
     def note_reused(self, runs: Iterable[str], now: float) -> int:
         """Record run ids a second instance reused; returns how many were new to the record."""
@@ -129,16 +161,20 @@ class RunStore:
         raw = self.redis.get(self.keys.state(run))
         return RunState.model_validate_json(raw) if raw else None
 
-    def read(self, run: str, from_seq: int, limit: int) -> list[Entry]:
-        """Entries from `from_seq` on, stopping at the first missing sequence number."""
-        wanted = min(self.redis.hlen(self.keys.log(run)), limit)  # no more can be there
+    def read(self, run: str, from_seq: int, limit: int) -> Waiting:
+        """Entries from `from_seq` on, stopping at the first missing sequence number; conflicts."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hlen(self.keys.log(run))
+            pipe.hgetall(self.keys.conflicts(run))
+            filed, conflicts = pipe.execute()
+        wanted = min(filed, limit)  # no more can be there
         seqs = list(range(from_seq, from_seq + wanted))
-        entries: list[Entry] = []
+        waiting = Waiting(conflicts={name.decode(): json.loads(sample) for name, sample in sorted(conflicts.items())})
         for seq, value in zip(seqs, self.redis.hmget(self.keys.log(run), [str(s) for s in seqs]) if seqs else []):
             if value is None:
                 break
-            entries.append(Entry.unpack(run, seq, value))
-        return entries
+            waiting.entries.append(Entry.unpack(run, seq, value))
+        return waiting
 
     def read_seqs(self, run: str, seqs: list[int]) -> list[Entry]:
         """The entries filed under these sequence numbers (those still there), in order."""
@@ -161,9 +197,12 @@ class RunStore:
         return Usage.model_validate_json(raw) if raw else None
 
     def commit(self, run: str, token: str, state: RunState, spans: Iterable[dict[str, Any]],
-               scores: Iterable[dict[str, Any]], consumed: Iterable[int], thread_totals: dict[str, Usage]) -> None:
-        """Write a fold step at once: new state, new outbox items, folded entries removed."""
+               scores: Iterable[dict[str, Any]], consumed: Iterable[int], thread_totals: dict[str, Usage],
+               shown: Iterable[str] = (), also: Callable[[Any], None] | None = None) -> None:
+        """Write a fold step at once: new state, new outbox items, folded entries and shown
+        conflicts removed, and whatever `also` adds to the transaction (dead letters)."""
         consumed = [str(s) for s in consumed]
+        shown = list(shown)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.watch(self.keys.lease(run))
             if pipe.get(self.keys.lease(run)) != token.encode():
@@ -173,11 +212,16 @@ class RunStore:
             self.add_to_outbox(pipe, run, spans, scores)
             if consumed:
                 pipe.hdel(self.keys.log(run), *consumed)
+            if shown:
+                pipe.hdel(self.keys.conflicts(run), *shown)
+            if also is not None:
+                also(pipe)
             for thread, usage in thread_totals.items():
                 pipe.set(self.keys.thread_usage(thread), usage.model_dump_json(), ex=self.thread_ttl)
             if state.closed:
                 pipe.zrem(self.keys.active, run)
                 pipe.expire(self.keys.state(run), self.done_ttl)
+                pipe.expire(self.keys.seqs(run), self.done_ttl)
             pipe.pexpire(self.keys.lease(run), self.leases.ms)
             try:
                 pipe.execute()
@@ -197,6 +241,44 @@ class RunStore:
     def has_outbox(self, run: str) -> bool:
         return bool(self.redis.exists(self.keys.outbox(run)))
 
+    # ---- faults: a run whose job keeps failing is set aside, never retried forever ----
+
+    def count_fault(self, run: str, what: str, ttl: int = 3600) -> int:
+        """One more failure of `what` ("fold", "job") in a row; returns how many so far."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self.keys.faults(run), what, 1)
+            pipe.expire(self.keys.faults(run), ttl)
+            return int(pipe.execute()[0])
+
+    def clear_faults(self, run: str, what: str) -> None:
+        self.redis.hdel(self.keys.faults(run), what)
+
+    def set_aside(self, run: str, letters: Callable[[list[dict[str, Any]]], Callable[[Any], None]]) -> None:
+        """Stop working on a run: what is filed and not folded is handed to `letters` (which
+        returns what to add to the transaction: the dead letters holding it), then the run leaves
+        the open runs, the backlog and the retries, all in one transaction."""
+        while True:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.watch(self.keys.log(run))
+                items = []
+                for seq, value in sorted((int(k), v) for k, v in pipe.hgetall(self.keys.log(run)).items()):
+                    try:
+                        items.append(Entry.unpack(run, seq, value).model_dump())
+                    except (ValueError, KeyError, TypeError):
+                        items.append({"run": run, "seq": seq, "raw": value.decode("utf-8", "replace")})
+                pipe.multi()
+                letters(items)(pipe)
+                pipe.delete(self.keys.log(run), self.keys.outbox(run), self.keys.conflicts(run),
+                            self.keys.delivery(run), self.keys.faults(run))
+                pipe.zrem(self.keys.active, run)
+                pipe.zrem(self.keys.backlog, run)
+                pipe.zrem(self.keys.retrying, run)
+                try:
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # an entry was filed meanwhile: take it too
+
     def has_unfolded(self, run: str, next_seq: int) -> bool:
         return bool(self.redis.hexists(self.keys.log(run), str(next_seq)))
 
@@ -208,6 +290,9 @@ class RunStore:
             (scores if is_score_slot(key) else spans).append(json.loads(value))
         spans.sort(key=lambda span: int(span["startTimeUnixNano"]))
         return spans, scores
+
+    def raw_outbox(self, run: str) -> dict[str, str]:
+        return {k.decode(): v.decode("utf-8", "replace") for k, v in self.redis.hgetall(self.keys.outbox(run)).items()}
 
     def delivery_state(self, run: str) -> DeliveryState:
         return DeliveryState.from_hash(self.redis.hgetall(self.keys.delivery(run)))

@@ -377,8 +377,10 @@ def cmd_acl(settings: Any, args: argparse.Namespace) -> int:
           file=sys.stderr)
     flags = _flags(default)
     if "on" in flags and "nopass" in flags:
-        print("WARNING: the default user needs no password: anyone who reaches Redis has every right. "
-              "Turn it off (ACL SETUSER default off) once an admin user of your own is set up.", file=sys.stderr)
+        print("WARNING: the default user needs no password: anyone who reaches Redis has every right. Give it "
+              "one (ACL SETUSER default on >PASSWORD) rather than turning it off: Redis replays the AOF's "
+              "transactions as the default user and, before the fix of redis/redis#14541, silently drops "
+              "those it may not run.", file=sys.stderr)
     try:
         client.execute_command("ACL", "SAVE")
         print("saved to Redis's ACL file", file=sys.stderr)

@@ -1,8 +1,8 @@
 """A redis-server of our own on 127.0.0.1, started and stopped by pid: the demo's embedded
 default, and the real server of the integration tests.
 
-Given users (`with_users`, see `ingest.acl`), it starts with ACLs on: those users, an `admin` with
-every right (the one `url` and `client()` use), and the default user off.
+Given users (`with_users`, see `ingest.acl`), it starts with ACLs on: those users, and the default
+user with every right behind a password (the one `url` and `client()` use).
 """
 
 from __future__ import annotations
@@ -41,19 +41,19 @@ class LocalRedis:
         self.dir = Path(tempfile.mkdtemp(prefix="cl-redis-"))
         self.proc: subprocess.Popen | None = None
         self.users: list[User] = []
-        self.admin_password: str | None = None
+        self.default_password: str | None = None
 
     def with_users(self, users: list[User]) -> "LocalRedis":
-        """Start with ACLs on: these users, an admin, the default user off."""
+        """Start with ACLs on: these users, and the default user behind a password."""
         self.users = list(users)
-        self.admin_password = self.admin_password or os.urandom(16).hex()
+        self.default_password = self.default_password or os.urandom(16).hex()
         return self
 
     @property
     def url(self) -> str:
-        """As the admin user when ACLs are on."""
-        if self.admin_password:
-            return self.url_as("admin", self.admin_password)
+        """As the default user (every right; with ACLs on, behind its password)."""
+        if self.default_password:
+            return self.url_as("default", self.default_password)
         return f"redis://127.0.0.1:{self.port}/0"
 
     def url_as(self, user: str, password: str) -> str:
@@ -61,8 +61,10 @@ class LocalRedis:
 
     def _acl_file(self) -> Path:
         path = self.dir / "users.acl"
-        lines = ["user default off", f"user admin on >{self.admin_password} ~* &* +@all",
-                 *(user.acl_file_line() for user in self.users)]
+        # The default user keeps every right, behind a password: Redis replays the AOF's
+        # transactions as the default user and, without the fix of redis/redis#14541, silently
+        # drops them on restart when it may not run them (turning it off loses data).
+        lines = [f"user default on >{self.default_password} ~* &* +@all", *(user.acl_file_line() for user in self.users)]
         path.write_text("\n".join(lines) + "\n")
         return path
 

@@ -208,6 +208,11 @@ class Entry(BaseModel):
             binary=bool(body.get("b")), trunc=body.get("x"), inst=inst,
         )
 
+    def payload(self) -> dict[str, Any]:
+        """The JSON object of a start/meta/score/end entry; {} when it is not one (`data_object`
+        says why)."""
+        return self.data_object()[0]
+
     def data_object(self) -> tuple[dict[str, Any], str | None]:
         """The JSON object of a start/meta/score/end entry ({} when `data` is empty), and what
         is wrong with it: ({}, why) when it is not a JSON object."""

@@ -186,8 +186,16 @@ class Entry(BaseModel):
 
     def digest(self) -> str:
         """What tells two entries filed under one run key and sequence number apart: everything
-        else (two instances of a run id are filed under run keys of their own)."""
-        text = json.dumps([self.ts, self.kind, self.data, self.binary, self.trunc], ensure_ascii=False)
+        else (two instances of a run id are filed under run keys of their own) but the sending
+        process of a start or meta (`producer`): a history imported again by another process is
+        the same entry."""
+        data = self.data
+        if self.kind in ("start", "meta") and '"producer"' in data:
+            value, problem = safe_json.load(data)
+            if problem is None and isinstance(value, dict):
+                value.pop("producer", None)
+                data = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        text = json.dumps([self.ts, self.kind, data, self.binary, self.trunc], ensure_ascii=False)
         return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
     def pack(self) -> str:

@@ -121,6 +121,10 @@ def test_the_digest_tells_other_data_apart():
     assert entry.digest() != entry.model_copy(update={"data": "hullo"}).digest()
     assert entry.digest() != entry.model_copy(update={"ts": TS + 1}).digest()
     assert entry.digest() != entry.model_copy(update={"kind": "meta"}).digest()
+    # the process that sent a start is not what it says (an import run again elsewhere)
+    start = Entry(run="r", seq=0, ts=TS, kind="start", data='{"name": "n", "producer": {"pid": 1}}')
+    assert start.digest() == start.model_copy(update={"data": '{"producer": {"pid": 2}, "name": "n"}'}).digest()
+    assert start.digest() != start.model_copy(update={"data": '{"name": "m", "producer": {"pid": 1}}'}).digest()
 
 
 def test_an_inst_is_read_and_checked():

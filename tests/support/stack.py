@@ -4,9 +4,9 @@ processes (`codex-langfuse dispatch|worker`), started and stopped by pid. Timing
 through settings, never asserted.
 
 Redis runs with ACLs on, as in production (`codex-langfuse acl`): the runner side (`run`, `tee`,
-`feed`, `xadd`) connects as the runner user, which may only append to the stream; the back end
-(`env`, `settings()`, `cli` but for `run`/`tee`) as the back-end user; `redis` is an admin
-client for the tests' own looks."""
+`import`, `follow`, `feed`, `xadd`) connects as the runner user, which may only append to the
+stream; the back end (`env`, `settings()`, the other commands of `cli`) as the back-end user;
+`redis` is an admin client for the tests' own looks."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 # it (an installed sdist's tests run against the installed package, not a checkout's).
 PYTHONPATH = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 RUNNER, BACKEND = "runner", "backend"  # the Redis users (ingest/acl.py)
-RUNNER_COMMANDS = ("run", "tee")
+RUNNER_COMMANDS = ("run", "tee", "import", "follow")  # the producer's commands
 
 # Compressed timings for tests: leases, sweeps and retries in seconds, not minutes.
 FAST = {
@@ -118,8 +118,8 @@ class Stack:
         if role == "worker":
             command += ["--name", name]
         with open(log, "ab") as out:
-            process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=REPO, start_new_session=True)
+            process = subprocess.Popen(command, env=self.runner_env if role in RUNNER_COMMANDS else self.env,
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         self.processes[name] = process
         return process
 

@@ -184,12 +184,12 @@ class Folder:
         self.event(key, name, at_us, level="WARNING", status_message=message, **fields)
 
     def problem(self, key: str, kind: str, at_us: int, message: str, output: Any = None,
-                metadata: dict[str, Any] | None = None, level: str | None = "WARNING") -> None:
+                metadata: dict[str, Any] | None = None, level: str | None = "WARNING", show: bool = True) -> None:
         """An entry that is invalid, unknown or conflicting: an event (WARNING unless `level` is
-        None) while fewer than `max_problem_events` were shown, else counted and sampled for the
-        summary at the close."""
+        None) while fewer than `max_problem_events` were shown, else (or when not to `show`: one of
+        many alike) counted and sampled for the summary at the close."""
         state = self.state
-        if state.problem_events >= self.ctx.max_problem_events:
+        if not show or state.problem_events >= self.ctx.max_problem_events:
             _suppress(state.hidden_problems, kind, {"kind": kind, "message": message[:MAX_SAMPLE_CHARS],
                                                     "output": _sample(output), **(metadata or {})})
             return

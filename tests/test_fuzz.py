@@ -42,6 +42,9 @@ T0 = 1_795_624_547_000_000
 PRICES = PriceTable.load()
 REAL_LINES = sorted({line for path in sorted(CODEX_FIXTURES.glob("*.jsonl"))
                      for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
+# Codex's session files (what `import` and `follow` ship, folded when the start says "rollout")
+ROLLOUT_LINES = sorted({line for path in sorted((CODEX_FIXTURES.parent / "rollouts").rglob("*.jsonl"))
+                        for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
 FIELDS = ("v", "run", "seq", "ts", "kind", "data", "trunc")
 
 # ---- values ----------------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ def legacy_lines(draw) -> str:
 
 @st.composite
 def mutated_real_lines(draw) -> str:
-    line = draw(st.sampled_from(REAL_LINES))
+    line = draw(st.sampled_from(REAL_LINES + ROLLOUT_LINES))
     how = draw(st.sampled_from(["cut", "insert", "replace_value", "deepen", "as_is"]))
     if how == "cut":
         return line[:draw(st.integers(0, len(line)))]
@@ -126,7 +129,7 @@ line_data = st.one_of(
     mutated_real_lines(), current_lines(), legacy_lines(),
     st.text(max_size=60), st.binary(max_size=60).map(lambda b: b.decode("utf-8", "replace")),
     st.integers(1, 3000).map(lambda n: "[" * n), st.integers(50, 1500).map(nested),
-    st.sampled_from(REAL_LINES),
+    st.sampled_from(REAL_LINES), st.sampled_from(ROLLOUT_LINES),
 )
 object_data = st.one_of(
     st.dictionaries(st.sampled_from(["name", "model", "user_id", "session_id", "tags", "metadata", "environment",
@@ -138,15 +141,26 @@ object_data = st.one_of(
 )
 
 
+ROLLOUT_START = json.dumps({"name": "codex", "format": "rollout", "codex_version": "0.169.0",
+                            "rollout": {"thread_id": "t", "turn_id": "u", "turn_number": 1, "started_us": T0,
+                                        "ended_us": T0 + 10**7, "status": "completed", "prior_token_total": None}})
+
+
 @st.composite
 def runs(draw) -> list[Entry]:
-    """A run's entries: seq 0.. in order, each a start/line/meta/score/end or an unknown kind."""
+    """A run's entries: seq 0.. in order, each a start/line/meta/score/end or an unknown kind; a
+    run of Codex's session file records (import) when it starts as one."""
     count = draw(st.integers(1, 25))
     entries = []
     ts = T0
+    rollout = draw(st.booleans())
     for seq in range(count):
         kind = draw(st.sampled_from(["line"] * 6 + ["start", "meta", "score", "end", "odd_kind", "_invalid"]))
-        data = draw(line_data if kind == "line" else object_data)
+        if seq == 0 and rollout:
+            kind, data = "start", draw(st.just(ROLLOUT_START)
+                                       | json_values.map(lambda v: json.dumps({"format": "rollout", "rollout": v})))
+        else:
+            data = draw(line_data if kind == "line" else object_data)
         ts += draw(st.integers(0, 5_000_000))
         entries.append(Entry(run=RUN, seq=seq, ts=ts, kind=kind, data=data, binary=draw(st.booleans()) and kind == "line",
                              trunc=draw(st.none() | st.integers(0, 10**6)) if kind == "line" else None))

@@ -1,7 +1,8 @@
 """Producer memory while Redis is away, the spool it writes, and the delivery once Redis is back.
 
 A child process (so its RSS is the producer's alone) creates a Producer and a run, reports its
-RSS once idle (the baseline), then emits --lines real fixture lines (1M by default) back to back
+RSS once idle (the baseline), then emits --lines real fixture lines (1M by default) back to back,
+read from a file as a runner reads Codex's stdout (each line an object the queue alone keeps),
 with Redis stopped (nothing listens on its port: spooling) or frozen (SIGSTOP: connections hang
 until the sender's 1 s timeout). Its peak RSS (VmHWM) minus the idle RSS is the growth, which the
 in-memory queue's byte cap must bound. Then: the spool file's size and the time until everything
@@ -51,9 +52,13 @@ spool_max = int(sys.argv[5])
 def say(**fields):
     print(json.dumps(fields), flush=True)
 
-# as a runner reads them from Codex's stdout: with the newline, so that emit's strip makes every
-# entry hold bytes of its own (the same object replayed would make the payload free)
-lines = [line + b"\n" for line in _common.replayed(_common.fixture_lines(), count)]
+# read from a file, as a runner reads Codex's stdout: every line is an object of its own, which
+# the runner drops after emit and only the queue keeps (emit queues the object it is given)
+lines_file = spool_dir + "-lines.jsonl"
+fixture = _common.fixture_lines()
+with open(lines_file, "wb") as out:
+    for n in range(0, count, 10_000):
+        out.write(b"".join(line + b"\n" for line in _common.replayed(fixture, min(10_000, count - n))))
 producer = Producer(redis_url=redis_url, spool_dir=spool_dir, spool_max_bytes=spool_max)
 run = producer.start_run(run_id="bench-memory", model="gpt-5-codex")
 time.sleep(1.5)  # the sender thread has started, imported redis and met the dead Redis once
@@ -61,9 +66,10 @@ say(phase="idle", rss=_common.rss_kib()["VmRSS"], hwm=_common.rss_kib()["VmHWM"]
     queue_max_bytes=producer.settings.queue_max_bytes)
 started = time.perf_counter()
 refused = 0
-for line in lines:
-    if not run.emit(line):
-        refused += 1
+with open(lines_file, "rb") as lines:
+    for line in lines:
+        if not run.emit(line):
+            refused += 1
 finished = run.finish(0)
 emitted = time.perf_counter()
 memory = _common.rss_kib()

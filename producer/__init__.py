@@ -10,8 +10,10 @@
 
 `emit`, `update`, `score` and `finish` are in-memory hand-offs: no Redis call, socket, file write
 or fsync on the caller's thread, no exception ever, and `False` (counted in `stats()`) when an
-entry had to be dropped. A background thread sends to Redis, or to a local spool file while Redis
-is unreachable. Only the standard library is imported here; the sender thread imports `redis`
+entry had to be dropped. `emit` of a bytes line is a type check, a strip and an append to a deque
+under one lock (well under a microsecond); the stream fields are built on the sender thread. A
+background thread sends to Redis, or to a local spool file while Redis is unreachable or slower
+than the lines arrive. Only the standard library is imported here; the sender thread imports `redis`
 when it first sends.
 """
 
@@ -20,9 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import socket
 import threading
-import time
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
@@ -34,7 +34,7 @@ from codex_langfuse.producer.entries import (
     END_REASON_EXITED,
     END_REASONS,
     ENTRY_VERSION,
-    F_SHRINK_TO,
+    INST_PATTERN,
     KIND_END,
     KIND_LINE,
     KIND_META,
@@ -42,16 +42,14 @@ from codex_langfuse.producer.entries import (
     KIND_START,
     KINDS,
     SCORE_DATA_TYPES,
-    SHRINKABLE_FACTOR,
+    STDERR_MAX_CHARS,
     decode_fields,
     encode_json,
-    entry_fields,
-    fields_size,
     is_valid_run_id,
+    new_instance_id,
+    new_run_id,
     normalize_environment,
-    now_us,
     parse_traceparent,
-    strip_line_ending,
     trace_id,
 )
 from codex_langfuse.producer.sender import ADOPT_INTERVAL, DEFAULT_BATCH_SIZE, Sender, Stats
@@ -72,22 +70,23 @@ __version__ = "0.1.0"
 class Run:
     """One Codex run: numbers its entries 0, 1, 2, ... and hands them to the producer's sender.
 
-    Thread-safe. A dropped entry does not take a sequence number, so the stream stays gapless;
-    if the `start` entry itself could not be queued it is retried before the next entry.
+    Thread-safe. A sequence number is taken under the sender's lock, and only by an entry that is
+    queued, so the stream stays gapless. `inst`, drawn at random here, is on every entry: two runs
+    started with the same run id can be told apart.
     """
 
-    def __init__(self, producer: "Producer", run_id: str, start_data: bytes, start_ts: int,
-                 parent: str | None = None):
+    def __init__(self, producer: "Producer", run_id: str, parent: str | None = None, inst: str | None = None):
         self.run_id = run_id
         joined = parse_traceparent(parent)
         self.trace_id = joined[0] if joined else trace_id(run_id)  # the caller's when the run joined it
+        self.inst = inst or new_instance_id()
         self._producer = producer
-        self._lock = threading.Lock()
-        self._next_seq = 0
-        self._unqueued_start: tuple[bytes, int] | None = (start_data, start_ts)
-        self._finished = False
-        self._pid = os.getpid()
-        self._last_entry_at = time.monotonic()
+        self._sender = producer._sender
+        self._put = producer._sender.put
+        self._finished = False  # changed under the sender's lock
+        self._seq_at_last_beat = -1
+        # set in a forked child: the run and its sequence numbers belong to the parent
+        self._forked = False
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, trace_id={self.trace_id!r})"
@@ -99,14 +98,21 @@ class Run:
     def emit(self, line: bytes | str, *, original_length: int | None = None) -> bool:
         """One Codex stdout line (a trailing \\n or \\r\\n is removed). Lines over the maximum line size
         are cut and carry their original length; pass `original_length` if you cut it yourself."""
-        return self.emit_lines([(line, original_length)]) == 1
+        try:
+            # The common case is one call: the line object itself is queued (no copy); its line
+            # ending is stripped and its size fitted on the sender thread.
+            if type(line) is bytes and original_length is None:
+                return self._put(self, KIND_LINE, line)
+            return self.emit_lines(((line, original_length),)) == 1
+        except Exception as exc:
+            return self._producer._failed("emit", exc)
 
     def emit_lines(self, lines: Iterable[tuple[bytes | str, int | None]]) -> int:
         """Several lines read at once, as (line, original length or None): one hand-off for all,
         stamped with one time. Returns how many were taken (a prefix; the rest hit the cap)."""
         try:
-            prepared = [self._prepare(line, original_length) for line, original_length in lines]
-            return self._submit_lines(prepared)
+            self._check_process()
+            return self._sender.put_lines(self, [self._prepare(line, original_length) for line, original_length in lines])
         except Exception as exc:
             self._producer._failed("emit", exc)
             return 0
@@ -116,38 +122,39 @@ class Run:
         replayed (`codex-langfuse import`), where the stream entry's `ts` is when Codex wrote it.
         One hand-off for all; returns how many were taken (a prefix; the rest hit the cap)."""
         try:
-            prepared = []
-            stamps = []
+            self._check_process()
+            parts, stamps = [], []
             for line, ts in lines:
-                prepared.append(self._prepare(line, None))
+                parts.append(self._prepare(line, None))
                 stamps.append(int(ts))
-            return self._submit_lines(prepared, stamps)
+            return self._sender.put_lines(self, parts, stamps)
         except Exception as exc:
             self._producer._failed("emit", exc)
             return 0
 
-    def _prepare(self, line: bytes | str, original_length: int | None) -> tuple[bytes, int | None, int | None]:
-        """(data, trunc, shrink_to) of one line."""
+    def emit_parts(self, parts: list[tuple[str, bytes, int | None]]) -> int:
+        """The lines of one read as `run` and `tee` cut them (passthrough.LineSplitter): (LINES,
+        newline-terminated lines, how many) or (KIND_LINE, line, original length if cut). One
+        hand-off; the lines are split on the sender thread. Returns how many lines were taken."""
+        try:
+            self._check_process()
+            return self._sender.put_lines(self, parts)
+        except Exception as exc:
+            self._producer._failed("emit", exc)
+            return 0
+
+    @staticmethod
+    def _prepare(line: bytes | str, original_length: int | None) -> tuple[str, bytes, int | None]:
+        """(KIND_LINE, the line as bytes, its original length if it was cut) of one line."""
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogateescape")
         elif isinstance(line, (bytearray, memoryview)):
             line = bytes(line)
         elif not isinstance(line, bytes):
             raise TypeError(f"a line is bytes or str, not {type(line).__name__}")
-        line = strip_line_ending(line)
-        limit = self._producer.settings.max_line_bytes
-        whole = original_length is None or original_length <= len(line)
-        trunc = None if whole else original_length
-        shrink_to = None
-        if len(line) > limit:
-            trunc = max(trunc or 0, len(line))
-            if whole and len(line) <= limit * SHRINKABLE_FACTOR:
-                shrink_to = limit  # the sender thread shrinks it as JSON, off the caller's thread
-            else:
-                line = line[:limit]
-        if trunc is not None:
-            self._producer._stats.add("truncated")
-        return line, trunc, shrink_to
+        if original_length is not None and (isinstance(original_length, bool) or not isinstance(original_length, int)):
+            raise TypeError(f"original_length must be an int or None, not {original_length!r}")
+        return KIND_LINE, line, original_length
 
     def update(self, **meta: Any) -> bool:
         """A `meta` entry: keys of the start entry (prompt, codex_version, model, ...) to merge in."""
@@ -176,10 +183,13 @@ class Run:
         except Exception as exc:
             return self._producer._failed("score", exc)
 
-    def finish(self, exit_code: int | None, *, signal: int | None = None, reason: str = END_REASON_EXITED,
-               ts: int | None = None) -> bool:
-        """The `end` entry. Idempotent: once the end is queued, later calls change nothing and say True.
-        `ts`: when the run ended, for a replayed history (default: now)."""
+    def finish(
+        self, exit_code: int | None, *, signal: int | None = None, reason: str = END_REASON_EXITED,
+        stderr: str | None = None, ts: int | None = None,
+    ) -> bool:
+        """The `end` entry; `stderr`, the end of what Codex printed there, when it tells why a run
+        failed; `ts`, when the run ended, for a replayed history (default: now). Idempotent: once the
+        end is queued, later calls change nothing and say True."""
         try:
             if self._finished:
                 return True
@@ -188,78 +198,40 @@ class Run:
                     raise ValueError(f"{label} must be an int or None, not {number!r}")
             if reason not in END_REASONS:
                 raise ValueError(f"reason must be one of {END_REASONS}, not {reason!r}")
-            data = encode_json({"exit_code": exit_code, "signal": signal, "reason": reason})
-            return self._submit(KIND_END, data, ts)
+            end: dict[str, Any] = {"exit_code": exit_code, "signal": signal, "reason": reason}
+            if stderr:
+                end["stderr"] = str(stderr)[-STDERR_MAX_CHARS:]
+            queued = self._submit(KIND_END, encode_json(end), ts)
+            if self._finished:
+                self._producer._forget(self)
+            return queued
         except Exception as exc:
             return self._producer._failed("finish", exc)
 
     def _submit(self, kind: str, data: bytes, ts: int | None = None) -> bool:
-        if os.getpid() != self._pid:
+        self._check_process()
+        return self._sender.put(self, kind, data, ts=ts)
+
+    def _check_process(self) -> None:
+        if self._forked:
             # a forked child's copy of the run: its sequence numbers would collide with the parent's
-            raise RuntimeError(f"run {self.run_id} belongs to process {self._pid}; start a new run after fork")
-        sender = self._producer._sender
-        with self._lock:
-            if self._finished:
-                return kind == KIND_END  # a second finish() (even a concurrent one) finds the end queued
-            if not self._queue_start(sender):
-                self._producer._stats.add("dropped_queue_full")  # this entry, on top of the start
-                return False
-            queued = self._queue(sender, kind, data, now_us() if ts is None else ts)
-            if queued and kind == KIND_END:
-                self._finished = True
-        if self._finished:
-            self._producer._forget(self)
-        return queued
+            raise RuntimeError(f"run {self.run_id} belongs to the process that started it; start a new run after fork")
 
-    def _submit_lines(self, lines: list[tuple[bytes, int | None, int | None]], stamps: list[int] | None = None) -> int:
-        if os.getpid() != self._pid:
-            raise RuntimeError(f"run {self.run_id} belongs to process {self._pid}; start a new run after fork")
-        if not lines:
-            return 0
-        sender = self._producer._sender
-        with self._lock:
-            if self._finished:
-                return 0
-            if not self._queue_start(sender):
-                self._producer._stats.add("dropped_queue_full", len(lines))
-                return 0
-            ts = now_us()
-            entries = []
-            for offset, (data, trunc, shrink_to) in enumerate(lines):
-                stamp = ts if stamps is None else stamps[offset]
-                fields = entry_fields(self.run_id, self._next_seq + offset, KIND_LINE, data, stamp, trunc)
-                if shrink_to is not None:
-                    fields[F_SHRINK_TO] = str(shrink_to)
-                entries.append((fields, fields_size(fields)))
-            taken = sender.submit_many(entries)
-            self._next_seq += taken
-            if taken:
-                self._last_entry_at = time.monotonic()
-        return taken
+    def _forked_put(self, run: "Run", kind: str, data: bytes, extra: Any = None) -> bool:
+        self._check_process()
+        return False
 
-    def _queue_start(self, sender: Sender) -> bool:
-        # called with self._lock held
-        if self._unqueued_start is None:
-            return True
-        start_data, start_ts = self._unqueued_start
-        if not self._queue(sender, KIND_START, start_data, start_ts):
-            return False
-        self._unqueued_start = None
-        return True
+    def _after_fork(self) -> None:
+        self._forked = True
+        self._put = self._forked_put
 
-    def _queue(self, sender: Sender, kind: str, data: bytes, ts: int) -> bool:
-        # called with self._lock held: the sequence number is taken only if the entry is queued
-        fields = entry_fields(self.run_id, self._next_seq, kind, data, ts)
-        if not sender.submit(fields, fields_size(fields), essential=kind in (KIND_START, KIND_END)):
-            return False
-        self._next_seq += 1
-        self._last_entry_at = time.monotonic()
-        return True
-
-    def _heartbeat(self, silent_for: float) -> None:
-        """An empty `meta` entry when the run has been silent for `silent_for` seconds."""
-        if not self._finished and time.monotonic() - self._last_entry_at >= silent_for:
-            self._submit(KIND_META, b"{}")
+    def _heartbeat(self) -> None:
+        """On the sender thread, every heartbeat interval: an empty `meta` entry when nothing was
+        queued for the run since the last call."""
+        numbered = self._sender.numbered(self)
+        if not self._finished and numbered == self._seq_at_last_beat:
+            self._sender.put(self, KIND_META, b"{}")
+        self._seq_at_last_beat = numbered
 
 
 class Producer:
@@ -280,9 +252,12 @@ class Producer:
         adopt_interval: float = ADOPT_INTERVAL,
         redis_client_factory: Callable[[], Any] | None = None,
         environ: Mapping[str, str] | None = None,
+        threaded: bool = True,
     ) -> None:
         """Arguments left None come from the environment (see producer.config). `redis_client_factory`
-        replaces the sender's Redis client (tests use fakeredis)."""
+        replaces the sender's Redis client (tests use fakeredis). `threaded=False`: no background
+        thread; the caller delivers with `producer._sender.pump()` and `idle_work()` (what the
+        capture process of `run` and `tee` does)."""
         self.settings = ProducerSettings.from_env(
             environ,
             redis_url=redis_url, stream=stream, spool_dir=spool_dir, queue_max_bytes=queue_max_bytes,
@@ -292,7 +267,7 @@ class Producer:
         self._stats = Stats()
         self._sender = Sender(
             self.settings, self._stats, batch_size=batch_size, adopt_interval=adopt_interval,
-            client_factory=redis_client_factory, ticker=self._heartbeats,
+            client_factory=redis_client_factory, ticker=self._heartbeats, threaded=threaded,
         )
         self._runs_lock = threading.Lock()
         self._open_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
@@ -316,6 +291,7 @@ class Producer:
         parent: str | None = None,
         set_trace_attributes: bool = False,
         ts: int | None = None,
+        inst: str | None = None,
         **extra: Any,
     ) -> Run:
         """Start a run and queue its `start` entry (seq 0). Raises ValueError only for a run id that
@@ -326,13 +302,15 @@ class Producer:
         `parent`: a W3C `traceparent` (e.g. the caller's `TRACEPARENT`): the run joins that trace, its
         root a child of that span, and leaves the trace's name, metadata, input and output to the
         caller unless `set_trace_attributes`. An invalid one is ignored with a warning.
-        `ts`: when the run started, for a replayed history (default: now)."""
+        `ts`: when the run started, for a replayed history (default: now). `inst`: the run instance on
+        every entry (default: drawn at random); a history sent again passes the same one each time
+        (entries.replayed_instance_id), so a second sending is not taken for a run reusing the id."""
         if run_id is None:
-            import uuid
-
-            run_id = str(uuid.uuid4())
+            run_id = new_run_id()
         if not is_valid_run_id(run_id):
             raise ValueError(f"run id must be 1-128 characters of [A-Za-z0-9._:-], not {run_id!r}")
+        if inst is not None and not (isinstance(inst, str) and INST_PATTERN.fullmatch(inst)):
+            raise ValueError(f"inst must be 1-64 characters of [A-Za-z0-9._-], not {inst!r}")
         if environment is not None:
             environment = checked_environment(environment)
         if parent is not None and parse_traceparent(parent) is None:
@@ -350,14 +328,13 @@ class Producer:
         data.update(extra)
         data = {key: value for key, value in data.items() if value is not None}
         data["producer"] = {
-            "name": "codex-langfuse", "version": __version__, "host": socket.gethostname(), "pid": os.getpid(),
+            "name": "codex-langfuse", "version": __version__, "host": os.uname().nodename, "pid": os.getpid(),
         }
-        run = Run(self, run_id, encode_json(self._cap_prompt(data)), now_us() if ts is None else int(ts),
-                  parent=parent)
+        run = Run(self, run_id, parent=parent, inst=inst)
         with self._runs_lock:
             self._open_runs.add(run)
-        with run._lock:
-            run._queue_start(self._sender)  # if the queue is full, the next entry of the run retries it
+        # taken past the queue cap
+        run._submit(KIND_START, encode_json(self._cap_prompt(data)), None if ts is None else int(ts))
         return run
 
     def flush(self, timeout: float) -> bool:
@@ -387,12 +364,12 @@ class Producer:
         return self._closed
 
     def stats(self) -> dict:
-        counts = self._stats.snapshot()
-        counts["queued"] = self._sender.queued()
-        return counts
+        return self._sender.counts()
 
     def _after_fork(self) -> None:
         # the runs belong to the parent: the child neither ends them on close nor writes to them
+        for run in list(self._open_runs):
+            run._after_fork()
         self._runs_lock = threading.Lock()
         self._open_runs = weakref.WeakSet()
 
@@ -401,7 +378,7 @@ class Producer:
         with self._runs_lock:
             runs = list(self._open_runs)
         for run in runs:
-            run._heartbeat(self.settings.heartbeat_seconds)
+            run._heartbeat()
 
     def _forget(self, run: Run) -> None:
         with self._runs_lock:

@@ -2,9 +2,11 @@
 every other subcommand is handed to `ingest.cli`, imported only when asked for.
 
 `run [OPTIONS] -- codex exec --json ...`
-    Starts Codex with stdout piped and stderr inherited untouched. Every chunk Codex writes is
-    copied to our stdout as soon as it is read (os.read/os.write, byte-identical) and each complete
-    line goes to the stream, stamped when read. Exits with Codex's exit code, or dies of the same
+    Starts Codex with stdout and stderr piped. Every chunk Codex writes is copied to our stdout or
+    stderr as soon as it is read (os.read/os.write, byte-identical; passthrough.py); each complete
+    stdout line goes to the stream, stamped when read, and the last 8 KiB of stderr go into the
+    `end` entry when Codex fails or prints no line. Warns (stderr) when `codex exec` lacks --json.
+    Exits with Codex's exit code, or dies of the same
     signal. SIGTERM, SIGHUP are forwarded; SIGINT and SIGQUIT are forwarded unless they came from
     the terminal (then Codex, in the same foreground process group, got them already). If Codex
     takes its prompt from stdin, stdin is copied to it and the first 64 KiB are kept as the prompt.
@@ -21,17 +23,16 @@ Both wait at most --flush-timeout seconds at the end for the entries to reach Re
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
-import uuid
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 from codex_langfuse.producer import Producer, Run, __version__
+from codex_langfuse.producer.capture import CaptureProcess, Copier, run_child
 from codex_langfuse.producer.codex_args import (
     CodexCommand, codex_version, git_repository, parse_codex_command, resolve_model, resolve_model_parameters,
 )
@@ -40,14 +41,18 @@ from codex_langfuse.producer.entries import (
     END_REASON_EOF,
     SHRINKABLE_FACTOR,
     is_valid_run_id,
+    new_run_id,
     normalize_environment,
     parse_traceparent,
     trace_id,
 )
+from codex_langfuse.producer.config import ProducerSettings, SettingError, default_spool_dir
+from codex_langfuse.producer.passthrough import READ_SIZE, Output, Tail, enlarge_pipe, pass_stdin_through, pass_through
 
 PRODUCER_COMMANDS = {
     "run": "run Codex (`run [OPTIONS] -- codex exec --json ...`), passing its output through, and capture it",
     "tee": "capture a Codex JSONL stream from stdin (`codex exec --json ... | codex-langfuse tee`)",
+    "spool": "list this machine's spool files; `spool flush` sends what dead producers left",
 }
 # served by producer.rollout_cli (runner side too: only Redis is needed)
 ROLLOUT_COMMANDS = {
@@ -69,8 +74,6 @@ INGEST_COMMANDS = {
 }
 
 STDIN_PROMPT_LIMIT = 64 * 1024
-READ_SIZE = 64 * 1024
-POLL_INTERVAL_MS = 500
 DEFAULT_FLUSH_TIMEOUT = 5.0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
 # delivered by the terminal to its whole foreground process group (which includes Codex)
@@ -102,8 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ---- arguments ----
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line on stderr (what is wrong, where help is) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="codex-langfuse",
         description="Every Codex CLI run as a complete Langfuse trace, through Redis and RQ workers.",
     )
@@ -111,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     for name, help_text in PRODUCER_COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == "spool":
+            from codex_langfuse.producer import spool_command
+
+            spool_command.add_arguments(sub, _seconds)
+            continue
         _add_run_options(sub)
         if name == "run":
             sub.add_argument("command", nargs=argparse.REMAINDER, metavar="-- codex exec ...",
@@ -140,7 +155,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "(default: leave them to the caller)")
     parser.add_argument("--prompt", help="the prompt, as the trace's input (default for run: from Codex's "
                                          "arguments or stdin)")
-    parser.add_argument("--flush-timeout", type=float, default=DEFAULT_FLUSH_TIMEOUT, metavar="SECONDS",
+    parser.add_argument("--flush-timeout", type=_seconds, default=DEFAULT_FLUSH_TIMEOUT, metavar="SECONDS",
                         help="longest wait at exit for delivery to Redis or the spool (default: %(default)s)")
 
 
@@ -170,6 +185,16 @@ def _parent(value: str | None) -> str | None:
     return value.strip()
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {value!r}")
+    return seconds
+
+
 def _key_value(value: str) -> tuple[str, str]:
     key, equals, rest = value.partition("=")
     if not equals or not key:
@@ -183,13 +208,37 @@ def _producer_command(argv: list[str]) -> int:
     if argv[0] == "run" and "--" in argv:
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1:]
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    subparser = f"{parser.prog} {args.subcommand}"
+    if unknown:
+        return _usage_error(subparser, f"unrecognized arguments: {' '.join(unknown)} (see {subparser} --help)")
+    try:
+        settings = ProducerSettings.from_env(strict=True)
+    except SettingError as exc:
+        return _usage_error(subparser, str(exc))
+    if args.subcommand == "spool":
+        from codex_langfuse.producer import spool_command
+
+        try:
+            return spool_command.run(args, settings)
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:  # `spool | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            return 0
     if args.subcommand == "run":
         command = command or args.command
         if not command:
-            parser.error("run: give the Codex command after --, e.g. `codex-langfuse run -- codex exec --json 'hi'`")
-        return _run(args, command)
-    return _tee(args)
+            return _usage_error(subparser, "give the Codex command after --, e.g. `codex-langfuse run -- codex exec --json 'hi'`")
+        if command[0].startswith("-"):
+            return _usage_error(subparser, f"unrecognized option {command[0]!r} (options go before --, the Codex command after it)")
+        return _run(args, command, settings)
+    return _tee(args, settings)
+
+
+def _usage_error(prog: str, message: str) -> int:
+    _say_raw(f"{prog}: error: {message}")
+    return 2
 
 
 # ---- shared pieces ----
@@ -209,110 +258,49 @@ def _reserve_standard_fds() -> set[int]:
     return closed
 
 
-def _start(args: argparse.Namespace, **start_data) -> tuple[Producer, Run]:
-    producer = Producer()
-    run_id = args.run_id or str(uuid.uuid4())
+def _start(args: argparse.Namespace, settings: ProducerSettings, after_start: Callable[[], dict] | None = None,
+           **start_data) -> CaptureProcess | None:
+    """Fork the capture process, which starts the run (its `start` entry) and then `after_start()`'s
+    `meta` entry; None when capture is impossible (Codex's output is then only passed through)."""
+    run_id = args.run_id or new_run_id()
     metadata = dict(args.metadata) or None
     if args.prompt is not None:
         start_data["prompt"] = args.prompt
     found_model = start_data.pop("model", None)
     parent = _parent(args.parent)
-    run = producer.start_run(
+    start = dict(
         run_id=run_id, model=args.model or found_model, name=args.name,
         user_id=args.user_id, session_id=args.session_id, tags=args.tag, metadata=metadata,
         environment=args.environment, parent=parent, set_trace_attributes=args.set_trace_attributes,
+        # now, before the first read: the capture process may start the run after lines were read
+        ts=time.time_ns() // 1000,
         **start_data,
+    )
+
+    def start_run() -> tuple[Producer, Run]:
+        producer = Producer(threaded=False)
+        return producer, producer.start_run(**start)
+
+    capture = CaptureProcess.start(
+        settings.spool_dir or default_spool_dir(),
+        lambda journal, notices: run_child(journal, notices, start_run, after_start,
+                                           settings.max_line_bytes * SHRINKABLE_FACTOR),
     )
     if args.run_id is None:
         _say(f"run {run_id} trace {parse_traceparent(parent)[0] if parent else trace_id(run_id)}")
-    return producer, run
+    return capture
 
 
 def _say(message: str) -> None:
+    _say_raw(f"codex-langfuse: {message}")
+
+
+def _say_raw(line: str) -> None:
     try:
-        sys.stderr.write(f"codex-langfuse: {message}\n")
+        sys.stderr.write(f"{line}\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
-
-class _Output:
-    """Our stdout as a raw fd. Once the reader is gone, writing stops and reading goes on."""
-
-    def __init__(self, fd: int, closed: bool = False):
-        self.fd = fd
-        self.broken = closed
-
-    def write(self, data: bytes) -> None:
-        if self.broken:
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                try:
-                    written = os.write(self.fd, view)
-                except BlockingIOError:  # someone gave us a non-blocking stdout
-                    select.select([], [self.fd], [], 1.0)
-                    continue
-                view = view[written:]
-        except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EINVAL, errno.ENOSPC, errno.EIO):
-                raise
-            self.broken = True
-
-
-class LineSplitter:
-    """Splits a byte stream into lines without an unbounded buffer: of a line longer than
-    `max_line_bytes` only the first `max_line_bytes` are kept, and its full length is reported."""
-
-    def __init__(self, max_line_bytes: int):
-        self.max_line_bytes = max_line_bytes
-        self._kept = bytearray()
-        self._length = 0          # bytes of the current line so far, kept or not
-        self._last_byte = b""     # last byte of the current line (to spot \r\n when it was cut)
-
-    def feed(self, chunk: bytes) -> list[tuple[bytes, int | None]]:
-        """Complete lines in `chunk` as (line without \\n or \\r\\n, original length if cut, else None)."""
-        lines = []
-        start = 0
-        while True:
-            newline = chunk.find(b"\n", start)
-            if newline < 0:
-                self._add(chunk[start:])
-                return lines
-            self._add(chunk[start:newline])
-            lines.append(self._take(ended_by_newline=True))
-            start = newline + 1
-
-    def finish(self) -> list[tuple[bytes, int | None]]:
-        """A last line without a newline, if any."""
-        if self._length == 0:
-            return []
-        return [self._take(ended_by_newline=False)]
-
-    def _add(self, piece: bytes) -> None:
-        if not piece:
-            return
-        room = self.max_line_bytes - len(self._kept)
-        if room > 0:
-            self._kept += piece[:room]
-        self._length += len(piece)
-        self._last_byte = piece[-1:]
-
-    def _take(self, ended_by_newline: bool) -> tuple[bytes, int | None]:
-        line, length = bytes(self._kept), self._length
-        if ended_by_newline and self._last_byte == b"\r":
-            length -= 1
-            if len(line) > length:
-                line = line[:length]
-        self._kept.clear()
-        self._length = 0
-        self._last_byte = b""
-        return line, (length if length > len(line) else None)
-
-
-def _emit_lines(run: Run, lines: list[tuple[bytes, int | None]]) -> None:
-    run.emit_lines(lines)
 
 
 class _Signals:
@@ -399,7 +387,7 @@ def _die_by_signal(signum: int) -> int:
 
 # ---- run ----
 
-def _run(args: argparse.Namespace, command: list[str]) -> int:
+def _run(args: argparse.Namespace, command: list[str], settings: ProducerSettings) -> int:
     closed_fds = _reserve_standard_fds()
     codex = parse_codex_command(command)
     try:
@@ -410,8 +398,10 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
                    "model_parameters": codex.model_parameters or None}
     if codex.resume_session_id:
         start["resume_session_id"] = codex.resume_session_id
-    producer, run = _start(args, **start)
-    out = _Output(1, closed=1 in closed_fds)
+    if codex.is_exec and codex.subcommand != "help" and not _asks_for_json(command):
+        _say("warning: `codex exec` without --json prints no JSON events, so the trace will be empty; add --json")
+    capture = _start(args, settings, after_start=lambda: _metadata_after_start(codex, args, cwd), **start)
+    out, err = Output(1, closed=1 in closed_fds), Output(2, closed=2 in closed_fds)
     # Codex reads a piped stdin: as the prompt when none is given, and (0.169) as more input after
     # a prompt argument. Either way it is copied through and recorded.
     stdin_piped = codex.is_exec and 0 not in closed_fds and not os.isatty(0)
@@ -424,25 +414,32 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     signals.install()
     try:
         try:
+            # stderr is piped too: copied through as it comes, its last KiB kept for the trace
             child = subprocess.Popen(
-                command, stdin=subprocess.PIPE if capture_stdin else None, stdout=subprocess.PIPE, bufsize=0,
+                command, stdin=subprocess.PIPE if capture_stdin else None, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, bufsize=0,
             )
         except OSError as exc:
             code = 127 if isinstance(exc, FileNotFoundError) else 126
             _say(f"cannot run {command[0]!r}: {exc.strerror or exc}")
-            run.finish(code)
-            producer.close(args.flush_timeout)
+            if capture is not None:
+                capture.finish({"exit_code": code, "signal": None, "reason": "exited"}, args.flush_timeout)
             return code
+        enlarge_pipe(child.stdout.fileno())
+        if not out.broken:
+            enlarge_pipe(1)  # tee(2) moves at most a pipe's worth per call
         if capture_stdin:
-            threading.Thread(target=_copy_stdin, args=(child.stdin, run, stdin_role), name="codex-langfuse-stdin",
+            threading.Thread(target=_copy_stdin, args=(child.stdin, capture, stdin_role), name="codex-langfuse-stdin",
                              daemon=True).start()
-        run.update(**_metadata_after_start(codex, args, cwd))
-        returncode = _pass_through(child, run, out, signals, producer.settings.max_line_bytes)
-        if returncode < 0:
-            run.finish(None, signal=-returncode)
-        else:
-            run.finish(returncode)
-        producer.close(args.flush_timeout)
+        stderr_tail = Tail()
+        returncode = pass_through(child, Copier(child.stdout.fileno(), out, capture, READ_SIZE), err, stderr_tail,
+                                  signals.wakeup_fd, lambda: _forward(signals.take(), child))
+        if capture is not None:
+            # Codex's own words on a failure go with the end (the capture process drops them when
+            # Codex succeeded and printed lines)
+            capture.finish({"exit_code": None if returncode < 0 else returncode,
+                            "signal": -returncode if returncode < 0 else None, "reason": "exited",
+                            "stderr": stderr_tail.text() or None}, args.flush_timeout)
     finally:
         signals.restore()
     if returncode < 0:
@@ -471,52 +468,14 @@ def _metadata_after_start(codex: CodexCommand, args: argparse.Namespace, cwd: st
     return {key: value for key, value in meta.items() if value is not None}
 
 
-def _pass_through(child: subprocess.Popen, run: Run, out: _Output, signals: _Signals, max_line_bytes: int) -> int:
-    """Copy Codex's stdout to ours and to the run until it ends; forward signals; return its status."""
-    source = child.stdout.fileno()
-    splitter = LineSplitter(max_line_bytes * SHRINKABLE_FACTOR)
-    poller = select.poll()
-    poller.register(source, select.POLLIN)
-    poller.register(signals.wakeup_fd, select.POLLIN)
-    exited = _exit_fd(child)  # readable once Codex exits: no waiting out a poll interval at the end
-    if exited is not None:
-        poller.register(exited, select.POLLIN)
-    reading = True
-    while reading:
-        events = poller.poll(POLL_INTERVAL_MS)
-        _forward(signals.take(), child)
-        if any(fd == source for fd, _ in events):
-            chunk = os.read(source, READ_SIZE)
-            if not chunk:
-                break
-            out.write(chunk)
-            _emit_lines(run, splitter.feed(chunk))
-        elif child.poll() is not None:
-            # Codex is gone but something it started still holds the pipe: take what is there
-            os.set_blocking(source, False)
-            try:
-                while chunk := os.read(source, READ_SIZE):
-                    out.write(chunk)
-                    _emit_lines(run, splitter.feed(chunk))
-            except BlockingIOError:
-                pass
-            reading = False
-    _emit_lines(run, splitter.finish())
-    child.stdout.close()
-    poller.unregister(source)
-    while child.poll() is None:
-        poller.poll(POLL_INTERVAL_MS)
-        _forward(signals.take(), child)
-    if exited is not None:
-        os.close(exited)
-    return child.returncode
-
-
-def _exit_fd(child: subprocess.Popen) -> int | None:
-    try:
-        return os.pidfd_open(child.pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3: the poll interval bounds the wait instead
-        return None
+def _asks_for_json(command: list[str]) -> bool:
+    """Whether Codex's arguments ask for its JSONL output (before a `--` that ends its options)."""
+    for arg in command[1:]:
+        if arg == "--":
+            return False
+        if arg in ("--json", "--experimental-json"):
+            return True
+    return False
 
 
 def _forward(signums: list[int], child: subprocess.Popen) -> None:
@@ -529,7 +488,7 @@ def _forward(signums: list[int], child: subprocess.Popen) -> None:
             pass
 
 
-def _copy_stdin(destination, run: Run, role: str) -> None:
+def _copy_stdin(destination, capture: CaptureProcess | None, role: str) -> None:
     """Copy our stdin to Codex's; its first 64 KiB are recorded as `role` (the prompt, or the
     `stdin` that follows a prompt argument), sent before Codex sees EOF."""
     captured = bytearray()
@@ -551,8 +510,8 @@ def _copy_stdin(destination, run: Run, role: str) -> None:
             except OSError:
                 break  # Codex closed its stdin: it has read what it wanted
     finally:
-        if captured:
-            run.update(**{role: captured.decode("utf-8", "replace")})
+        if captured and capture is not None:
+            capture.meta({role: captured.decode("utf-8", "replace")})
         try:
             destination.close()
         except OSError:
@@ -561,44 +520,31 @@ def _copy_stdin(destination, run: Run, role: str) -> None:
 
 # ---- tee ----
 
-def _tee(args: argparse.Namespace) -> int:
+def _tee(args: argparse.Namespace, settings: ProducerSettings) -> int:
     closed_fds = _reserve_standard_fds()
-    producer, run = _start(args)
-    out = _Output(1, closed=1 in closed_fds)
-    splitter = LineSplitter(producer.settings.max_line_bytes * SHRINKABLE_FACTOR)
+    capture = _start(args, settings)
+    out = Output(1, closed=1 in closed_fds)
+    if 0 not in closed_fds:
+        enlarge_pipe(0)
+    if not out.broken:
+        enlarge_pipe(1)  # tee(2) moves at most a pipe's worth per call
     signals = _Signals(TEE_STOP_SIGNALS)
     signals.install()
-    stopped_by: int | None = None
+    stopped_by: list[int] = []
     try:
-        poller = select.poll()
-        poller.register(0, select.POLLIN)
-        poller.register(signals.wakeup_fd, select.POLLIN)
-        while True:
-            events = poller.poll(POLL_INTERVAL_MS)
-            received = signals.take()
-            if received:
-                stopped_by = received[0]
-                break
-            if not any(fd == 0 for fd, _ in events):
-                continue
-            try:
-                chunk = os.read(0, READ_SIZE)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            out.write(chunk)
-            _emit_lines(run, splitter.feed(chunk))
-        _emit_lines(run, splitter.finish())
-        if stopped_by is None:
-            run.finish(None, reason=END_REASON_EOF)
-        else:
-            run.finish(None, signal=stopped_by, reason=END_REASON_CLOSED)
-        producer.close(args.flush_timeout)
+        def stop_requested() -> bool:
+            stopped_by.extend(signals.take())
+            return bool(stopped_by)
+
+        pass_stdin_through(Copier(0, out, capture, READ_SIZE), signals.wakeup_fd, stop_requested)
+        if capture is not None:
+            end = {"exit_code": None, "signal": stopped_by[0] if stopped_by else None,
+                   "reason": END_REASON_CLOSED if stopped_by else END_REASON_EOF}
+            capture.finish(end, args.flush_timeout)
     finally:
         signals.restore()
-    if stopped_by is not None:
-        return _die_by_signal(stopped_by)
+    if stopped_by:
+        return _die_by_signal(stopped_by[0])
     return 141 if out.broken else 0
 
 

@@ -1,6 +1,8 @@
 """The producer's settings, read from the environment in one place.
 
-A bad value never stops the runner: it is logged and the default is used instead.
+Inside a runner (the Python API) a bad value never stops the runner: it is logged and the default
+is used instead. The commands (`run`, `tee`, `spool`) read them with strict=True and refuse to
+start with a one-line error naming the variable, so a mistake shows at once, not as lost data.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from codex_langfuse.producer.destination import redact_url, redis_url_problem
 from codex_langfuse.producer.entries import DEFAULT_STREAM
 
 logger = logging.getLogger("codex_langfuse.producer")
@@ -49,20 +52,26 @@ class ProducerSettings:
     heartbeat_seconds: float = 60.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "ProducerSettings":
-        """Settings from `environ` (default os.environ); keyword arguments that are not None win."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, strict: bool = False, **overrides) -> "ProducerSettings":
+        """Settings from `environ` (default os.environ); keyword arguments that are not None win.
+        `strict`: a bad value raises SettingError instead of falling back to the default."""
         environ = os.environ if environ is None else environ
         defaults = cls()
         values = {
             "redis_url": environ.get(ENV_REDIS_URL) or defaults.redis_url,
             "stream": environ.get(ENV_STREAM) or defaults.stream,
             "spool_dir": Path(environ[ENV_SPOOL_DIR]) if environ.get(ENV_SPOOL_DIR) else default_spool_dir(environ),
-            "queue_max_bytes": _positive(environ, ENV_QUEUE_MAX_BYTES, int, defaults.queue_max_bytes),
-            "spool_max_bytes": _positive(environ, ENV_SPOOL_MAX_BYTES, int, defaults.spool_max_bytes),
-            "max_line_bytes": _positive(environ, ENV_MAX_LINE_BYTES, int, defaults.max_line_bytes),
-            "redis_timeout": _positive(environ, ENV_REDIS_TIMEOUT, float, defaults.redis_timeout),
-            "heartbeat_seconds": _positive(environ, ENV_HEARTBEAT_SECONDS, float, defaults.heartbeat_seconds),
+            "queue_max_bytes": _positive(environ, ENV_QUEUE_MAX_BYTES, int, defaults.queue_max_bytes, strict),
+            "spool_max_bytes": _positive(environ, ENV_SPOOL_MAX_BYTES, int, defaults.spool_max_bytes, strict),
+            "max_line_bytes": _positive(environ, ENV_MAX_LINE_BYTES, int, defaults.max_line_bytes, strict),
+            "redis_timeout": _positive(environ, ENV_REDIS_TIMEOUT, float, defaults.redis_timeout, strict),
+            "heartbeat_seconds": _positive(environ, ENV_HEARTBEAT_SECONDS, float, defaults.heartbeat_seconds, strict),
         }
+        problem = redis_url_problem(values["redis_url"]) if overrides.get("redis_url") is None else None
+        if problem is not None:
+            if strict:
+                raise SettingError(f"{ENV_REDIS_URL}={redact_url(values['redis_url'])!r} {problem}")
+            logger.warning("%s=%r %s: entries will wait in the spool", ENV_REDIS_URL, redact_url(values["redis_url"]), problem)
         for key, value in overrides.items():
             if key not in values:
                 raise TypeError(f"unknown producer setting {key!r}")
@@ -71,7 +80,11 @@ class ProducerSettings:
         return cls(**values)
 
 
-def _positive(environ: Mapping[str, str], name: str, kind, default):
+class SettingError(ValueError):
+    """A setting that cannot be used; its message names the variable and says what it expects."""
+
+
+def _positive(environ: Mapping[str, str], name: str, kind, default, strict: bool = False):
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -79,7 +92,10 @@ def _positive(environ: Mapping[str, str], name: str, kind, default):
         value = kind(raw.strip())
     except ValueError:
         value = None
-    if value is None or value <= 0:
-        logger.warning("ignoring %s=%r (not a positive %s); using %s", name, raw, kind.__name__, default)
+    if value is None or not value > 0 or value == float("inf"):
+        what = "a positive whole number of bytes" if kind is int else "a positive number of seconds"
+        if strict:
+            raise SettingError(f"{name}={raw!r} is not {what} (default {default})")
+        logger.warning("ignoring %s=%r (not %s); using %s", name, raw, what, default)
         return default
     return value

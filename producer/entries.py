@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from typing import Any, Mapping
@@ -28,6 +29,9 @@ END_REASONS = (END_REASON_EXITED, END_REASON_EOF, END_REASON_CLOSED)
 
 SCORE_DATA_TYPES = ("NUMERIC", "BOOLEAN", "CATEGORICAL", "TEXT")
 
+# the `end` entry's optional "stderr": at most the last this many characters of Codex's stderr
+STDERR_MAX_CHARS = 8192
+
 # keys of a `start` entry's data (every one optional; unknown keys are kept by the ingest side)
 START_KEYS = (
     "name", "model", "user_id", "session_id", "tags", "metadata", "environment",
@@ -38,19 +42,14 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # field names of a stream entry
 F_VERSION, F_RUN, F_SEQ, F_TS, F_KIND, F_DATA, F_TRUNC = "v", "run", "seq", "ts", "kind", "data", "trunc"
-# optional field: the run instance (random per start of a run), so a reused run id is told apart
+# optional: the run instance, 16 lowercase hex characters drawn at random per start of a run, the
+# same on all its entries, so two runs that reuse one run id can be told apart
 F_INST = "inst"
-# not a stream field: asks the sender thread to shrink an oversized line to this many bytes
-F_SHRINK_TO = "_shrink_to"
 # Lines up to this many times the line limit are shrunk as JSON (their long strings cut, so
 # the line still parses and the item it completes keeps its exit code); longer ones are cut.
 SHRINKABLE_FACTOR = 16
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-# What a queued entry costs besides its values (the dict, its strings, the queue slot): measured
-# ~1,000 bytes per entry in memory against ~630 counted with 64 here; counted so the cap is honest.
-_FIELD_OVERHEAD = 512
 
 
 def trace_id(run_id: str) -> str:
@@ -100,6 +99,30 @@ def is_valid_run_id(run_id: object) -> bool:
     return isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
 
 
+INST_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def new_instance_id() -> str:
+    """The `inst` of a run just started: 64 random bits as 16 lowercase hex characters."""
+    return os.urandom(8).hex()
+
+
+def replayed_instance_id(run_id: str) -> str:
+    """The `inst` of a run sent again from a record of it (`import`, `verify`): the same each time,
+    so that sending it twice is one run sent twice, not a second run reusing its id."""
+    return hashlib.sha256(f"replayed/{run_id}".encode("utf-8")).hexdigest()[:16]
+
+
+def new_run_id() -> str:
+    """A random (version 4) UUID in its usual spelling, the default run id. Formatted here because
+    `import uuid` costs the bridge ~10 ms of startup (it imports platform)."""
+    value = bytearray(os.urandom(16))
+    value[6] = (value[6] & 0x0F) | 0x40  # version 4
+    value[8] = (value[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    text = value.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -121,11 +144,15 @@ def strip_line_ending(line: bytes) -> bytes:
     return line
 
 
-def entry_fields(run: str, seq: int, kind: str, data: bytes, ts: int, trunc: int | None = None) -> dict:
+def entry_fields(
+    run: str, seq: int, kind: str, data: bytes, ts: int, trunc: int | None = None, inst: str | None = None,
+) -> dict:
     """The fields of one XADD, exactly as the README specifies them."""
     fields = {F_VERSION: ENTRY_VERSION, F_RUN: run, F_SEQ: str(seq), F_TS: str(ts), F_KIND: kind, F_DATA: data}
     if trunc is not None:
         fields[F_TRUNC] = str(trunc)
+    if inst is not None:
+        fields[F_INST] = inst
     return fields
 
 
@@ -174,17 +201,24 @@ def shrink_json_line(line: bytes, limit: int) -> bytes | None:
     return best
 
 
-def fields_size(fields: Mapping[str, Any]) -> int:
-    """Approximate bytes an entry holds in memory and on the wire (used for the byte caps): the
-    line dominates; the other fields are a few dozen bytes."""
-    return _FIELD_OVERHEAD + len(fields[F_DATA]) + len(fields[F_RUN])
+def fit_line(line: bytes, trunc: int | None, limit: int) -> tuple[bytes, int | None]:
+    """A line within `limit` bytes and its original length when it had to be cut (`trunc` if the
+    caller cut it already). A whole line up to SHRINKABLE_FACTOR times the limit is shrunk as JSON
+    first, so it still parses; anything else is cut."""
+    if len(line) <= limit:
+        return line, trunc
+    shrunk = None
+    if trunc is None and len(line) <= limit * SHRINKABLE_FACTOR:
+        shrunk = shrink_json_line(line, limit)
+    return (shrunk if shrunk is not None else line[:limit]), max(trunc or 0, len(line))
 
 
 def decode_fields(fields: Mapping[Any, Any]) -> dict:
     """A stream entry as read back from Redis (bytes keys/values) -> plain values.
 
     Returns {"v", "run", "seq": int, "ts": int, "kind", "data": bytes for `line` else the decoded
-    JSON object, "trunc": int | None}. Raises ValueError on an entry that breaks the contract.
+    JSON object, "trunc": int | None, "inst": str | None}. Raises ValueError on an entry that breaks
+    the contract.
     """
     raw = {_text(key): value for key, value in fields.items()}
     try:
@@ -199,6 +233,7 @@ def decode_fields(fields: Mapping[Any, Any]) -> dict:
             F_KIND: kind,
             F_DATA: data if kind == KIND_LINE else json.loads(data),
             F_TRUNC: int(_text(raw[F_TRUNC])) if F_TRUNC in raw else None,
+            F_INST: _text(raw[F_INST]) if F_INST in raw else None,
         }
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"not a codex-langfuse stream entry: {exc}") from exc

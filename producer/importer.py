@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from codex_langfuse.producer import Producer
-from codex_langfuse.producer.entries import END_REASON_EOF, now_us
+from codex_langfuse.producer.entries import END_REASON_EOF, now_us, replayed_instance_id
 from codex_langfuse.producer.rollout_state import RolloutState, file_identity
 from codex_langfuse.producer.rollouts import read_records
 from codex_langfuse.producer.rollout_turns import SplitterState, Turn, split_file, start_data
@@ -49,7 +49,8 @@ class TurnShipper:
     def ship(self, path: Path, turn: Turn, header_us: int | None) -> int:
         """Send one turn; returns the number of line entries. Raises ShipError if the sender
         could not take it within the flush timeout."""
-        run = self.producer.start_run(run_id=turn.run_id, ts=turn.started_us, **start_data(turn, path))
+        run = self.producer.start_run(run_id=turn.run_id, ts=turn.started_us, inst=replayed_instance_id(turn.run_id),
+                                      **start_data(turn, path))
         batch: list[tuple[bytes, int]] = []
         size = lines = 0
         for line, ts in read_records(path, turn.start, turn.end, header_us):

@@ -1,24 +1,28 @@
-"""Spool files: where entries wait on local disk while Redis is unreachable.
+"""Spool files: where entries wait on local disk while Redis is unreachable or cannot keep up.
 
 One append-only file per producer process, `<dir>/p<pid>-<12 hex>.spool`, held under an exclusive
 `fcntl.flock` for the life of the process. Only the sender thread touches it.
 
-Format (JSON lines, ASCII):
+Format:
 - line 1, fixed width so it can be rewritten in place:
   `{"codex_langfuse_spool":1,"confirmed":"<20 digits>"}` - the byte offset up to which records
   are known to be in Redis (so a restart does not re-send them).
-- then one record per line: the entry's stream fields as JSON strings, `data` base64-encoded so
-  any bytes round-trip exactly.
+- then one record per entry: a JSON line of the entry's stream fields as strings, except `data`,
+  plus `dest` (the destination it was written for, see destination.py) and `size`; then `size`
+  bytes of data exactly as they are, and a newline. Writing a record is a few string operations
+  and a copy, whatever the data. A record with `n` holds n newline-terminated lines read
+  together, numbered from its `seq` (one record for a whole read: spooling costs per read, not
+  per line). Records of an earlier format, one JSON line with `data` in base64, are still read.
 
-A line without its newline (a crash in the middle of an append) or a line that does not decode is
+A record cut short (a crash in the middle of an append) or a line that does not decode is
 skipped when read. When every record of the owner's own file is confirmed, the file is truncated
-back to its header. A file whose lock can be taken belongs to a dead process: any producer on the
-machine may adopt it, send what was not confirmed, and delete it.
+back to its header. A file whose lock can be taken belongs to a dead process: a producer on the
+machine writing to the same destination may adopt it, send what was not confirmed, and delete it;
+files for other destinations are left alone (`codex-langfuse spool` lists them).
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import errno
 import fcntl
@@ -27,48 +31,68 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
-from codex_langfuse.producer.entries import F_DATA, F_RUN
+from codex_langfuse.producer.entries import ENTRY_VERSION, F_DATA, F_INST, F_KIND, F_RUN, F_SEQ, F_TRUNC, F_TS, KIND_LINE
+from codex_langfuse.producer.xadd import LINES
 
 SPOOL_SUFFIX = ".spool"
 _HEADER_TEMPLATE = '{"codex_langfuse_spool":1,"confirmed":"%020d"}\n'
 HEADER_LEN = len(_HEADER_TEMPLATE % 0)
 _HEADER_PATTERN = re.compile(rb'\{"codex_langfuse_spool":1,"confirmed":"(\d{20})"\}\n')
+F_DEST, F_LINES = "dest", "n"
+_SIZE_PATTERN = re.compile(rb',"size":"(\d+)"\}$')
 
 
-def encode_record(fields: Mapping[str, object]) -> bytes:
-    """One spool line (with its newline) for one entry's stream fields."""
-    record = {}
-    for key, value in fields.items():
-        if key == F_DATA:
-            record[key] = base64.b64encode(value if isinstance(value, bytes) else str(value).encode("utf-8")).decode("ascii")
-        elif isinstance(value, bytes):
-            record[key] = value.decode("utf-8", "replace")
-        else:
-            record[key] = str(value)
-    return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
+def encode_record(item: tuple, dest: str) -> bytes:
+    """One spool record (header line, data, newline) for one queued item (see xadd.py) bound for
+    `dest`. Run ids, inst, kinds and dest need no JSON escaping (the run id rule), so the header is
+    formatted directly."""
+    run, inst, seq, kind, data, ts, extra = item
+    header = '{"v":"%s","run":%s,"seq":"%d","ts":"%d","kind":%s' % (
+        ENTRY_VERSION, json.dumps(run), seq, ts, json.dumps(KIND_LINE if kind == LINES else kind))
+    if inst is not None:
+        header += ',"inst":%s' % json.dumps(inst)
+    if kind == LINES:
+        header += ',"n":"%d"' % extra
+    elif kind == KIND_LINE and extra is not None:
+        header += ',"trunc":"%d"' % extra
+    header += ',"dest":%s,"size":"%d"}\n' % (json.dumps(dest), len(data))
+    return b"".join((header.encode("ascii"), data, b"\n"))
 
 
-def decode_record(line: bytes) -> dict | None:
-    """Stream fields of one spool line (without newline), or None when the line is not a record."""
+def decode_record(header: bytes, data: bytes | None = None) -> tuple[tuple, str | None] | None:
+    """(queued item, destination or None for a record without one) of a record's header line
+    (without its newline) and its data (None for a record of the earlier format, whose data is
+    in the header); None when it is not a record."""
     try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or F_DATA not in record or F_RUN not in record:
-        return None
-    fields = {}
-    for key, value in record.items():
-        if not isinstance(value, str):
+        record = json.loads(header)
+        if not isinstance(record, dict) or not all(isinstance(value, str) for value in record.values()):
             return None
-        if key == F_DATA:
-            try:
-                value = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
+        if data is None:
+            data = binascii.a2b_base64(record[F_DATA], strict_mode=True)
+        seq, ts = int(record[F_SEQ]), int(record[F_TS])
+        kind, extra = record[F_KIND], None
+        if F_LINES in record:
+            kind, extra = LINES, int(record[F_LINES])
+            if extra != data.count(b"\n") or not data.endswith(b"\n"):
                 return None
-        fields[key] = value
-    return fields
+        elif F_TRUNC in record:
+            extra = int(record[F_TRUNC])
+        return (record[F_RUN], record.get(F_INST), seq, kind, data, ts, extra), record.get(F_DEST)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
+
+
+def _data_size(header: bytes) -> int | None:
+    """The `size` of a record header, None for a record of the earlier format or no record."""
+    found = _SIZE_PATTERN.search(header)
+    return int(found.group(1)) if found else None
+
+
+def item_entries(item: tuple) -> int:
+    """How many stream entries a queued item becomes."""
+    return item[6] if item[3] == LINES else 1
 
 
 class SpoolFile:
@@ -113,15 +137,33 @@ class SpoolFile:
             opened, current = os.fstat(fd), os.stat(path)
             if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
                 raise FileNotFoundError(path)
-            header = os.pread(fd, HEADER_LEN, 0)
+            confirmed = _confirmed_offset(fd, opened.st_size)
         except OSError:
             os.close(fd)
             return None
-        size = opened.st_size
-        match = _HEADER_PATTERN.fullmatch(header)
-        # no valid header: read from the start; the lines that are not records are skipped
-        confirmed = min(max(int(match.group(1)), HEADER_LEN), size) if match else 0
-        return cls(path, fd, confirmed=confirmed, end=size, owned=False)
+        return cls(path, fd, confirmed=confirmed, end=opened.st_size, owned=False)
+
+    @classmethod
+    def inspect(cls, path: Path) -> "tuple[SpoolFile, bool] | None":
+        """Open a spool file to read it without taking it: (the file, whether a live process holds
+        it). Release it with release(delete=False). None if it is gone."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held = False
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                held = True
+            size = os.fstat(fd).st_size
+            confirmed = _confirmed_offset(fd, size)
+        except OSError:
+            os.close(fd)
+            return None
+        return cls(path, fd, confirmed=confirmed, end=size, owned=False), held
 
     @property
     def pending(self) -> bool:
@@ -147,38 +189,79 @@ class SpoolFile:
             self.end = end
         return len(accepted)
 
-    def read(self, max_records: int, max_bytes: int) -> tuple[list[dict], int, int]:
-        """Up to `max_records` records after `confirmed` (about `max_bytes` of them, at least one).
+    def read(self, max_records: int, max_bytes: int, offset: int | None = None) -> tuple[list[tuple], int, int]:
+        """Up to `max_records` records after `offset` (default: `confirmed`), about `max_bytes` of
+        them, at least one.
 
-        Returns (records, offset just past them, number of lines skipped as not decodable).
+        Returns ((item, destination) pairs, offset just past them, lines skipped as not decodable).
         """
-        offset = self.confirmed
-        if offset >= self.end:
-            return [], offset, 0
-        block = os.pread(self._fd, min(self.end - offset, max_bytes), offset)
-        last_newline = block.rfind(b"\n")
-        while last_newline < 0 and offset + len(block) < self.end:
-            # a record longer than max_bytes: read on until its newline
-            more = os.pread(self._fd, min(self.end - offset - len(block), max(len(block), 1 << 16)), offset + len(block))
-            if not more:
-                break
-            found = more.find(b"\n")
-            if found >= 0:
-                last_newline = len(block) + found
-            block += more
-        if last_newline < 0:
-            # bytes without a newline up to the end: an append cut short by a crash
-            return [], self.end, 1
-        records, skipped, position = [], 0, 0
-        while position <= last_newline and len(records) < max_records:
-            newline = block.index(b"\n", position)
-            fields = decode_record(block[position:newline])
-            if fields is None:
+        offset = first = self.confirmed if offset is None else offset
+        records: list[tuple] = []
+        skipped = 0
+        block, start = b"", offset  # block holds the file from `start`
+        while offset < self.end and len(records) < max_records and (not records or offset - first < max_bytes):
+            position = offset - start
+            newline = block.find(b"\n", position)
+            if newline < 0:
+                block = os.pread(self._fd, min(self.end - offset, max(max_bytes, 1 << 16)), offset)
+                start, position = offset, 0
+                newline = block.find(b"\n")
+                while newline < 0 and start + len(block) < self.end:
+                    more = os.pread(self._fd, min(self.end - start - len(block), max(len(block), 1 << 16)), start + len(block))
+                    if not more:
+                        break
+                    block += more
+                    newline = block.find(b"\n", len(block) - len(more))
+                if newline < 0:
+                    # bytes without a newline up to the end: an append cut short by a crash
+                    return (records, offset, skipped) if records else (records, self.end, skipped + 1)
+            header = block[position:newline]
+            size = _data_size(header)
+            if size is None:
+                record = decode_record(header)
+                next_offset = start + newline + 1
+            else:
+                data_end = newline + 1 + size
+                if data_end + 1 > len(block):
+                    if start + data_end + 1 > self.end:  # its data was cut short by a crash
+                        return (records, offset, skipped) if records else (records, self.end, skipped + 1)
+                    block = os.pread(self._fd, data_end + 1 - position, offset)
+                    start, newline, data_end = offset, newline - position, data_end - position
+                    position = 0
+                if block[data_end:data_end + 1] == b"\n":
+                    record = decode_record(header, block[newline + 1:data_end])
+                    next_offset = start + data_end + 1
+                else:
+                    record, next_offset = None, start + newline + 1  # not what its header says: skip the header
+            if record is None:
                 skipped += 1
             else:
-                records.append(fields)
-            position = newline + 1
-        return records, offset + position, skipped
+                records.append(record)
+            offset = next_offset
+        return records, offset, skipped
+
+    def destination(self) -> str | None:
+        """The destination of the first record not yet confirmed (a file is written for one)."""
+        offset = self.confirmed
+        while offset < self.end:
+            records, offset, _ = self.read(1, 1 << 16, offset)
+            if records:
+                return records[0][1]
+        return None
+
+    def survey(self) -> dict:
+        """What is not confirmed yet: {"entries", "bytes", "destinations": {dest: entries}, "unreadable"}."""
+        entries, unreadable, destinations = 0, 0, {}
+        offset = self.confirmed
+        while offset < self.end:
+            records, offset, skipped = self.read(100_000, 4 << 20, offset)
+            unreadable += skipped
+            for item, dest in records:
+                count = item_entries(item)
+                entries += count
+                destinations[dest] = destinations.get(dest, 0) + count
+        return {"entries": entries, "bytes": self.end - self.confirmed, "destinations": destinations,
+                "unreadable": unreadable}
 
     def confirm(self, offset: int) -> None:
         """Records before `offset` are in Redis. The owner's fully sent file is cut back to its header."""
@@ -208,6 +291,12 @@ class SpoolFile:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             _ignore_errors(os.close, fd)
+
+
+def _confirmed_offset(fd: int, size: int) -> int:
+    match = _HEADER_PATTERN.fullmatch(os.pread(fd, HEADER_LEN, 0))
+    # no valid header: read from the start; the lines that are not records are skipped
+    return min(max(int(match.group(1)), HEADER_LEN), size) if match else 0
 
 
 def orphan_candidates(directory: Path, exclude: Iterable[Path] = ()) -> list[Path]:

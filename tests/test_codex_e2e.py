@@ -419,7 +419,10 @@ def test_turn_failed_on_http_400(codex_current, pipeline, tmp_path):
                                                    root_level="ERROR"),
                         {**SUCCESS, "success": 0.0, "errors": 1.0})
     message = "mock: invalid request (scenario=turn_failed)"
-    assert trace.root.status_message == trace.named("turn 1")[0].status_message == message
+    assert trace.named("turn 1")[0].status_message == message
+    # `run` passed the end of Codex's stderr on with the failed run: its last line follows on the root
+    stderr_lines = [line.strip() for line in played.runs[0].stderr.splitlines() if line.strip()]
+    assert trace.root.status_message == f"{message}; codex stderr: {stderr_lines[-1]}"
     assert trace.named("turn 1")[0].usage_details is None
     assert trace.trace_metadata("exit_code") == 1
 
@@ -558,7 +561,9 @@ def test_ctrl_c_reaches_codex_exactly_once_and_the_run_is_an_aborted_trace(codex
     assert run.exit_code == direct.exit_code == 1, run.stderr
     assert comparable(run.stdout, CURRENT) == comparable(direct.stdout, CURRENT)
     trace = check_trace(pipeline, played, 0, ABORTED, {**SUCCESS, "success": 0.0})
-    assert trace.root.status_message == "aborted: the stream ended without turn.completed or turn.failed (exit code 1)"
+    aborted = "aborted: the stream ended without turn.completed or turn.failed (exit code 1)"
+    stderr_lines = [line.strip() for line in run.stderr.splitlines() if line.strip()]  # Codex's, passed on by `run`
+    assert trace.root.status_message == (f"{aborted}; codex stderr: {stderr_lines[-1]}" if stderr_lines else aborted)
     [command] = trace.named("command")
     assert command.input == "/bin/bash -lc 'sleep 30'"
 

@@ -14,6 +14,8 @@ import fakeredis
 import pytest
 
 from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
+from codex_langfuse.producer.entries import replayed_instance_id
+from tests.support.intercepted_redis import InterceptedClient
 
 HANG_GUARD = 60  # seconds; only keeps a broken build from hanging the suite
 
@@ -44,29 +46,9 @@ def stream_entries(fake_server) -> list[dict]:
     return [decode_fields(fields) for _, fields in client.xrange(DEFAULT_STREAM)]
 
 
-class GatedClient:
-    """A Redis client whose pipelines wait for `gate` before writing: a hung Redis, without time."""
-
-    def __init__(self, fake_server, gate: threading.Event):
-        self.real = fakeredis.FakeRedis(server=fake_server)
-        self.gate = gate
-        self.connection_pool = self.real.connection_pool
-
-    def pipeline(self, transaction=True):
-        gate, real = self.gate, self.real.pipeline(transaction=transaction)
-
-        class Pipeline:
-            def xadd(self, *args, **kwargs):
-                real.xadd(*args, **kwargs)
-
-            def execute(self):
-                gate.wait(HANG_GUARD)
-                return real.execute()
-
-        return Pipeline()
-
-    def close(self):
-        self.real.close()
+def gated_client(fake_server, gate: threading.Event) -> InterceptedClient:
+    """A client whose writes wait for `gate`: a hung Redis, without time."""
+    return InterceptedClient(fakeredis.FakeRedis(server=fake_server), lambda: gate.wait(HANG_GUARD))
 
 
 def test_entries_follow_the_stream_contract(make_producer, fake_server):
@@ -139,7 +121,7 @@ def test_sequence_numbers_are_gapless_per_run_with_many_threads(make_producer, f
 
 def test_emit_hands_off_while_redis_hangs(make_producer, fake_server):
     gate = threading.Event()
-    producer = make_producer(redis_client_factory=lambda: GatedClient(fake_server, gate))
+    producer = make_producer(redis_client_factory=lambda: gated_client(fake_server, gate))
     run = producer.start_run(run_id="hung")
     results = []
     emitter = threading.Thread(target=lambda: results.extend(run.emit(f"line {n}") for n in range(2000)))
@@ -155,7 +137,7 @@ def test_emit_hands_off_while_redis_hangs(make_producer, fake_server):
 
 def test_full_queue_refuses_counts_and_keeps_the_sequence_gapless(make_producer, fake_server):
     gate = threading.Event()
-    producer = make_producer(queue_max_bytes=20_000, redis_client_factory=lambda: GatedClient(fake_server, gate))
+    producer = make_producer(queue_max_bytes=20_000, redis_client_factory=lambda: gated_client(fake_server, gate))
     run = producer.start_run(run_id="capped")
     payload = b"x" * 1000
     outcomes = [run.emit(payload) for _ in range(100)]
@@ -177,7 +159,7 @@ def test_lines_read_together_are_handed_off_together_and_a_full_queue_takes_a_pr
     """`run` and `tee` hand over every line of a read at once; a cap hit midway keeps the first
     ones, drops the rest (counted), and the sequence stays gapless."""
     gate = threading.Event()
-    producer = make_producer(queue_max_bytes=20_000, redis_client_factory=lambda: GatedClient(fake_server, gate))
+    producer = make_producer(queue_max_bytes=20_000, redis_client_factory=lambda: gated_client(fake_server, gate))
     run = producer.start_run(run_id="chunked")
     lines = [(f'{{"n":{n}}}\n'.encode() + b" " * 900, None) for n in range(60)]
     taken = run.emit_lines(lines)
@@ -198,7 +180,7 @@ def test_lines_read_together_are_handed_off_together_and_a_full_queue_takes_a_pr
 
 def test_start_is_retried_before_the_next_entry_when_the_queue_was_full(make_producer, fake_server):
     gate = threading.Event()
-    producer = make_producer(queue_max_bytes=5_000, redis_client_factory=lambda: GatedClient(fake_server, gate))
+    producer = make_producer(queue_max_bytes=5_000, redis_client_factory=lambda: gated_client(fake_server, gate))
     filler = producer.start_run(run_id="filler")
     deadline = time.monotonic() + HANG_GUARD
     while producer.stats()["queued"] and time.monotonic() < deadline:
@@ -434,3 +416,63 @@ def test_a_later_trace_context_version_with_more_fields_is_accepted(make_produce
     producer.close(5)
     (start,) = [e for e in stream_entries(fake_server) if e["kind"] == "start"]
     assert start["data"]["parent"].startswith("01-0af7651916cd43dd8448eb211c80319c")
+
+def test_every_entry_of_a_run_carries_its_inst_and_a_reused_run_id_gets_another(make_producer, fake_server):
+    """`inst` tells apart two runs that reuse one run id (a CI job calling Codex twice)."""
+    producer = make_producer()
+    first = producer.start_run(run_id="ci-job-7")
+    first.emit(b'{"type":"turn.started"}')
+    first.update(model="m")
+    first.score("s", 1)
+    first.finish(0)
+    second = producer.start_run(run_id="ci-job-7")
+    second.emit_lines([(b"a", None), (b"b", None)])
+    second.finish(1)
+    assert producer.close(10)
+    entries = stream_entries(fake_server)
+    insts = [entry["inst"] for entry in entries]
+    assert insts == [first.inst] * 5 + [second.inst] * 4
+    assert first.inst != second.inst and all(len(inst) == 16 and int(inst, 16) >= 0 for inst in insts)
+
+
+def test_finish_carries_the_end_of_codexs_stderr(make_producer, fake_server):
+    producer = make_producer()
+    run = producer.start_run(run_id="failed-to-start")
+    assert run.finish(1, stderr="x" * 10_000 + "Not inside a trusted directory\n")
+    assert producer.close(10)
+    end = stream_entries(fake_server)[-1]["data"]
+    assert end["exit_code"] == 1 and end["stderr"].endswith("Not inside a trusted directory\n")
+    assert len(end["stderr"]) == 8192  # the last few KiB
+
+
+def test_emit_queues_the_line_it_was_given_and_the_sender_strips_and_fits_it(make_producer, fake_server):
+    """The caller's thread appends the object it got; the line ending goes and a long line is fitted
+    on the sender thread, exactly as before."""
+    gate = threading.Event()
+    producer = make_producer(max_line_bytes=8, redis_client_factory=lambda: gated_client(fake_server, gate))
+    run = producer.start_run(run_id="as-read")
+    deadline = time.monotonic() + HANG_GUARD
+    while producer.stats()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the sender took the start entry and waits at the gate: what follows stays queued
+    line = b"abc\r\n"
+    assert run.emit(line)
+    assert producer._sender._queue[-1][3] is line  # the object itself: no copy on the caller's thread
+    assert run.emit(b"a\n\n") and run.emit(b"0123456789abcdef" * 20 + b"\n")
+    gate.set()
+    run.finish(0)
+    assert producer.close(10)
+    lines = [(entry["data"], entry["trunc"]) for entry in stream_entries(fake_server) if entry["kind"] == "line"]
+    assert lines == [(b"abc", None), (b"a\n", None), (b"01234567", 320)]
+
+
+def test_a_history_sent_again_keeps_its_inst_and_an_invalid_inst_is_refused(make_producer, fake_server):
+    """`import` and `verify` send a turn again under the same inst: one run sent twice, not a reuse."""
+    producer = make_producer()
+    again = [producer.start_run(run_id="codex:t:1", inst=replayed_instance_id("codex:t:1")) for _ in range(2)]
+    for run in again:
+        run.finish(0)
+    assert again[0].inst == again[1].inst == replayed_instance_id("codex:t:1") != replayed_instance_id("codex:t:2")
+    with pytest.raises(ValueError):
+        producer.start_run(run_id="r", inst="not/an inst")
+    assert producer.close(10)
+    assert {entry["inst"] for entry in stream_entries(fake_server)} == {again[0].inst}

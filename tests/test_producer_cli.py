@@ -19,8 +19,12 @@ from pathlib import Path
 import pytest
 
 from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields, trace_id
-from codex_langfuse.producer.cli import LineSplitter, main
+from codex_langfuse.producer.capture import LineSplitter
+from codex_langfuse.producer.cli import main
+from codex_langfuse.producer.entries import SHRINKABLE_FACTOR, fit_line
+from codex_langfuse.producer.passthrough import Tail
 from codex_langfuse.producer.spool import orphan_candidates
+from codex_langfuse.producer.xadd import LINES
 
 BRIDGE = str(Path(sys.executable).parent / "codex-langfuse")
 CODEX_FIXTURES = Path(__file__).parent / "fixtures" / "codex"
@@ -74,6 +78,14 @@ FAKE_CODEX = textwrap.dedent(r'''
     elif mode == "read-stdin":
         data = sys.stdin.buffer.read()
         write(json.dumps({"stdin_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n")
+    elif mode == "stderr-only":
+        sys.stderr.buffer.write(b"x" * 20000 + b"\nNot inside a trusted directory and --skip-git-repo-check was not specified.\n")
+        sys.stderr.flush()
+        sys.exit(int(os.environ.get("FAKE_CODEX_EXIT", "1")))
+    elif mode == "flood":
+        line = b'{"type":"item.completed","item":{"type":"agent_message","text":"' + b"a" * 950 + b'"}}'
+        for n in range(int(os.environ["FAKE_CODEX_LINES"])):
+            os.write(1, b'{"n":%d,' % n + line[1:] + b"\n")
     elif mode == "probe-stdin":
         try:
             os.fstat(0)
@@ -136,12 +148,13 @@ def test_run_passes_codex_through_byte_for_byte_and_captures_every_line(fake_cod
     )
     assert direct.returncode == via.returncode == 3
     assert via.stdout == direct.stdout and via.stdout.endswith(b"final line without newline")
-    assert via.stderr == direct.stderr  # inherited, untouched (with --run-id nothing is announced)
+    assert via.stderr == direct.stderr  # copied through byte for byte (with --run-id nothing is announced)
 
     entries = stream_entries(redis_server, "cli-run")
     assert [entry["seq"] for entry in entries] == list(range(len(entries)))
     start, meta, *lines, end = entries
     assert start["kind"] == "start" and meta["kind"] == "meta" and end["kind"] == "end"
+    assert start["ts"] <= min(entry["ts"] for entry in entries[1:])
     assert {key: start["data"][key] for key in ("prompt", "cwd", "tags", "metadata", "name", "user_id", "environment")} == {
         "prompt": "fix the bug", "cwd": str(tmp_path), "tags": ["nightly"], "metadata": {"ci": "yes"},
         "name": "bench", "user_id": "u1", "environment": "test",
@@ -149,7 +162,8 @@ def test_run_passes_codex_through_byte_for_byte_and_captures_every_line(fake_cod
     assert meta["data"] == {"model": "model-from-config"}
     assert [entry["kind"] for entry in lines] == ["line"] * len(lines)
     assert [entry["data"] for entry in lines] == expected_lines(direct.stdout)
-    assert end["data"] == {"exit_code": 3, "signal": None, "reason": "exited"}
+    # a failed run carries the end of Codex's stderr
+    assert end["data"] == {"exit_code": 3, "signal": None, "reason": "exited", "stderr": "codex diagnostics \ufffd (not json)\n"}
 
 
 def test_run_sends_codex_version_and_repository_once_codex_runs(environment, redis_server, tmp_path):
@@ -323,6 +337,8 @@ def test_tee_copies_stdin_to_stdout_and_captures_the_lines(environment, redis_se
     assert via.stdout == stream
     entries = stream_entries(redis_server, "tee-run")
     assert entries[0]["kind"] == "start" and entries[0]["data"]["session_id"] == "s-1"
+    # the run starts before anything was read, though the capture process queues the start entry
+    assert entries[0]["ts"] <= min(entry["ts"] for entry in entries[1:])
     assert [entry["data"] for entry in entries if entry["kind"] == "line"] == expected_lines(stream)
     assert entries[-1]["data"] == {"exit_code": None, "signal": None, "reason": "eof"}
 
@@ -357,22 +373,41 @@ def test_other_subcommands_are_handed_to_ingest_cli(monkeypatch):
     assert received == [["status", "--json"]]
 
 
+def split(parts) -> list[tuple[bytes, int | None]]:
+    """The lines of a splitter's parts as they are read (line, original length if cut), before the
+    sender strips a \r before the newline and fits them to the line limit."""
+    lines = []
+    for kind, data, extra in parts:
+        if kind == LINES:
+            pieces = data.split(b"\n")
+            assert pieces.pop() == b"" and len(pieces) == extra
+            lines += [(piece, None) for piece in pieces]
+        else:
+            lines.append((data, extra))
+    return lines
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 64, 100_000])
 def test_line_splitter_gives_the_same_lines_for_any_chunking(chunk_size):
-    data = b'{"a":1}\n\r\n\nline two\r\n' + b"z" * 50 + b"\nlast"
-    splitter = LineSplitter(max_line_bytes=20)
-    lines = []
+    limit = 4
+    data = b'{"a":1}\n\r\n\nline two\r\n' + b"z" * 100 + b"\nlast"
+    splitter = LineSplitter(max_line_bytes=limit * SHRINKABLE_FACTOR)
+    parts = []
     for start in range(0, len(data), chunk_size):
-        lines += splitter.feed(data[start:start + chunk_size])
-        assert len(splitter._kept) <= 20  # bounded, whatever the input
-    lines += splitter.finish()
-    assert lines == [(b'{"a":1}', None), (b"", None), (b"", None), (b"line two", None), (b"z" * 20, 50), (b"last", None)]
+        parts += splitter.feed(data[start:start + chunk_size])
+        assert len(splitter._carry) <= limit * SHRINKABLE_FACTOR  # bounded, whatever the input
+    parts += splitter.finish()
+    # as the sender fits them: a line past the splitter's cap arrives cut (its first bytes and its
+    # length), a shorter one whole and is cut there; either way the same entry
+    fitted = [fit_line(line.removesuffix(b"\r"), length, limit) for line, length in split(parts)]
+    assert fitted == [(b'{"a"', 7), (b"", None), (b"", None), (b"line", 8), (b"zzzz", 100), (b"last", None)]
+    assert splitter.lines == 6
 
 
-def test_line_splitter_cut_line_ending_in_crlf_reports_the_length_without_it():
-    splitter = LineSplitter(max_line_bytes=4)
-    assert splitter.feed(b"abcdefg\r\n") == [(b"abcd", 7)]
-    assert splitter.feed(b"abcd\r\n") == [(b"abcd", None)]
+def test_line_splitter_hands_over_the_lines_of_a_read_as_one_part():
+    splitter = LineSplitter(max_line_bytes=1000)
+    assert splitter.feed(b"a\nb\nc") == [(LINES, b"a\nb\n", 2)]
+    assert splitter.feed(b"d\ne\n") == [(LINES, b"cd\ne\n", 2)]
     assert splitter.finish() == []
 
 
@@ -418,3 +453,148 @@ def test_the_environment_option_is_normalised_or_refused_clearly(environment, re
     assert refused.returncode == 2
     assert b"environment 'ci.nightly' cannot be used" in refused.stderr
     assert stream_entries(redis_server, "tee-env-2") == []
+
+@pytest.mark.parametrize("reads", [[b"abcdefg\r", b"\n"], [b"abcdefg", b"\r", b"\n"], [b"abcde", b"fg\r\nabcd\r\n"]])
+def test_line_splitter_cut_line_ending_in_crlf_reports_the_length_without_it(reads):
+    """A line that outgrows the cap across reads is kept cut; its length leaves out the \r\n."""
+    splitter = LineSplitter(max_line_bytes=4)
+    parts = [part for chunk in reads for part in splitter.feed(chunk)]
+    assert split(parts)[0] == (b"abcd", 7)
+    assert splitter.finish() == []
+
+
+def test_stderr_tail_keeps_the_last_bytes_as_text():
+    tail = Tail(size=8)
+    for chunk in (b"first line\n", "l\u00e9ft: ".encode(), b"err\xff\n"):
+        tail.add(chunk)
+    assert tail.text() == "t: err\ufffd\n"
+    cut_in_a_character = Tail(size=4)
+    cut_in_a_character.add("x\u00e9abc".encode())  # the \u00e9's first byte falls off
+    assert cut_in_a_character.text() == "abc"
+
+
+TRUSTED = "Not inside a trusted directory and --skip-git-repo-check was not specified.\n"
+
+
+@pytest.mark.parametrize("exit_code", [1, 0])
+def test_the_end_of_codexs_stderr_goes_with_a_run_that_failed_or_printed_nothing(fake_codex, environment, redis_server,
+                                                                                tmp_path, exit_code):
+    env = {**environment, "FAKE_CODEX_MODE": "stderr-only", "FAKE_CODEX_EXIT": str(exit_code)}
+    direct = run_process([fake_codex, "exec", "--json", "p"], env, tmp_path)
+    via = run_process([BRIDGE, "run", "--run-id", f"untrusted-{exit_code}", "--", fake_codex, "exec", "--json", "p"], env, tmp_path)
+    assert via.returncode == direct.returncode == exit_code
+    assert via.stderr == direct.stderr  # still passed through, byte for byte
+    end = stream_entries(redis_server, f"untrusted-{exit_code}")[-1]
+    assert end["kind"] == "end" and end["data"]["stderr"].endswith(TRUSTED)
+    assert 8000 < len(end["data"]["stderr"].encode()) <= 8192  # the last 8 KiB, not all of it
+
+
+def test_a_run_that_succeeded_and_printed_sends_no_stderr(fake_codex, environment, redis_server, tmp_path):
+    env = {**environment, "FAKE_CODEX_MODE": "read-stdin"}
+    via = run_process([BRIDGE, "run", "--run-id", "fine", "--", fake_codex, "exec", "--json", "-"], env, tmp_path, input=b"p")
+    assert via.returncode == 0
+    assert "stderr" not in stream_entries(redis_server, "fine")[-1]["data"]
+
+
+def test_run_warns_when_codex_exec_is_not_asked_for_json(fake_codex, environment, redis_server, tmp_path):
+    warned = run_process([BRIDGE, "run", "--run-id", "no-json", "--", fake_codex, "exec", "fix it"], environment, tmp_path)
+    assert b"codex-langfuse: warning: `codex exec` without --json" in warned.stderr
+    for asked in (["--json"], ["--experimental-json"]):
+        quiet = run_process([BRIDGE, "run", "--run-id", "json", "--", fake_codex, "exec", *asked, "fix it"], environment, tmp_path)
+        assert b"warning" not in quiet.stderr
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["run", "--flush-timeout", "soon", "--", "codex"], "argument --flush-timeout: expected a number of seconds"),
+    (["run", "--flush-timeout", "-1", "--", "codex"], "argument --flush-timeout: expected a number of seconds"),
+    (["run", "--run-id", "a/b", "--", "codex"], "argument --run-id: must be 1-128 characters"),
+    (["run", "--metadata", "novalue", "--", "codex"], "argument --metadata: expected KEY=VALUE"),
+    (["run", "--bogus", "--", "codex"], "unrecognized arguments: --bogus"),
+    (["run", "--", "--json", "codex"], "unrecognized option '--json'"),
+    (["run"], "give the Codex command after --"),
+    (["tee", "--nope"], "unrecognized arguments: --nope"),
+    (["spool", "frobnicate"], "invalid choice: 'frobnicate'"),
+    (["spool", "flush", "--timeout", "x"], "argument --timeout: expected a number of seconds"),
+])
+def test_usage_mistakes_are_one_line_and_exit_2(environment, tmp_path, argv, expected):
+    result = run_process([BRIDGE, *argv], environment, tmp_path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and re.match(rf"codex-langfuse {argv[0]}( flush)?: error: ", lines[0]) and expected in lines[0]
+
+
+@pytest.mark.parametrize("command", ["run", "tee", "spool"])
+@pytest.mark.parametrize("name,value,expected", [
+    ("REDIS_URL", "localhost:6379", "REDIS_URL='localhost:6379' needs a scheme"),
+    ("CODEX_LANGFUSE_QUEUE_MAX_BYTES", "64MB", "CODEX_LANGFUSE_QUEUE_MAX_BYTES='64MB' is not a positive whole number"),
+])
+def test_setting_mistakes_stop_the_commands_with_one_line_and_exit_2(fake_codex, environment, tmp_path, command, name,
+                                                                     value, expected):
+    argv = {"run": ["run", "--", fake_codex, "exec", "--json", "p"], "tee": ["tee"], "spool": ["spool"]}[command]
+    result = run_process([BRIDGE, *argv], {**environment, name: value}, tmp_path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and result.stdout == b""  # Codex did not run
+    assert result.stderr.decode().splitlines() == [f"codex-langfuse {command}: error: " + result.stderr.decode()
+                                                   .split(": error: ", 1)[1].rstrip("\n")]
+    assert expected in result.stderr.decode() and b"Traceback" not in result.stderr
+
+
+def test_a_flood_is_passed_through_and_every_line_captured_past_the_queue_cap(fake_codex, environment, redis_server, tmp_path):
+    """The capture process waits for room instead of dropping: the journal holds what waits."""
+    lines = 20_000  # ~20 MB of 1 KB lines, against a 1 MiB in-memory queue
+    env = {**environment, "FAKE_CODEX_MODE": "flood", "FAKE_CODEX_LINES": str(lines), "CODEX_LANGFUSE_QUEUE_MAX_BYTES": "1048576"}
+    via = run_process([BRIDGE, "run", "--run-id", "flood", "--flush-timeout", "60", "--", fake_codex, "exec", "--json", "p"],
+                      env, tmp_path)
+    assert via.returncode == 0 and via.stdout.count(b"\n") == lines
+    entries = stream_entries(redis_server, "flood")
+    assert [entry["seq"] for entry in entries] == list(range(len(entries)))
+    assert [entry["data"] for entry in entries if entry["kind"] == "line"] == expected_lines(via.stdout)
+
+
+def test_a_flood_into_a_frozen_redis_is_spooled_whole_by_the_deadline(fake_codex, environment, redis_server, tmp_path):
+    lines = 20_000
+    env = {**environment, "FAKE_CODEX_MODE": "flood", "FAKE_CODEX_LINES": str(lines)}
+    redis_server.freeze()
+    try:
+        started = time.monotonic()
+        via = run_process([BRIDGE, "run", "--run-id", "frozen-flood", "--flush-timeout", "3", "--", fake_codex, "exec",
+                           "--json", "p"], env, tmp_path)
+        took = time.monotonic() - started
+    finally:
+        redis_server.thaw()
+    assert via.returncode == 0 and took < HANG_GUARD
+    spool_dir = Path(environment["CODEX_LANGFUSE_SPOOL_DIR"])
+    listed = run_process([BRIDGE, "spool", "--json"], environment, tmp_path)
+    [left] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert left["owner"] == "gone" and left["this_destination"] and left["entries"] >= lines + 2 - 500  # the batch in flight
+    flushed = run_process([BRIDGE, "spool", "flush"], environment, tmp_path)
+    assert flushed.returncode == 0, flushed.stdout + flushed.stderr
+    assert orphan_candidates(spool_dir) == []
+    entries = stream_entries(redis_server, "frozen-flood")
+    assert sorted({entry["seq"] for entry in entries}) == list(range(lines + 2))  # start, every line, end
+    assert [entry["data"] for entry in sorted({e["seq"]: e for e in entries}.values(), key=lambda e: e["seq"])
+            if entry["kind"] == "line"] == expected_lines(via.stdout)
+
+
+def test_spool_lists_and_flushes_only_what_this_destination_owns_unless_asked(fake_codex, environment, redis_server, tmp_path):
+    spool_dir = Path(environment["CODEX_LANGFUSE_SPOOL_DIR"])
+    other = {**environment, "CODEX_LANGFUSE_STREAM": "other:events"}
+    redis_server.stop()
+    for env, run_id in ((environment, "mine"), (other, "theirs")):
+        via = run_process([BRIDGE, "run", "--run-id", run_id, "--flush-timeout", "1", "--", fake_codex, "exec", "--json", "p"],
+                          env, tmp_path)
+        assert via.returncode == 3
+    down = run_process([BRIDGE, "spool", "flush"], environment, tmp_path)
+    assert down.returncode == 1 and b"Redis did not answer" in down.stdout
+    redis_server.start()
+    listed = [json.loads(line) for line in run_process([BRIDGE, "spool", "--json"], environment, tmp_path).stdout.splitlines()]
+    assert sorted(found["this_destination"] for found in listed) == [False, True]
+    assert all(found["owner"] == "gone" and found["entries"] > 2 for found in listed)
+    text = run_process([BRIDGE, "spool"], environment, tmp_path).stdout.decode()
+    assert "(this)" in text and "(other)" in text
+    flushed = run_process([BRIDGE, "spool", "flush"], environment, tmp_path)
+    assert flushed.returncode == 0 and b"--all sends them here" in flushed.stdout
+    assert {entry["run"] for entry in stream_entries(redis_server)} == {"mine"}
+    assert len(orphan_candidates(spool_dir)) == 1
+    everything = run_process([BRIDGE, "spool", "flush", "--all"], environment, tmp_path)
+    assert everything.returncode == 0 and orphan_candidates(spool_dir) == []
+    assert {entry["run"] for entry in stream_entries(redis_server)} == {"mine", "theirs"}

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codex_langfuse.producer.config import ProducerSettings, default_spool_dir
+import pytest
+
+from codex_langfuse.producer.config import ProducerSettings, SettingError, default_spool_dir
+from codex_langfuse.producer.destination import destination_id
 
 
 def test_defaults_without_environment(monkeypatch):
@@ -39,3 +42,32 @@ def test_bad_values_fall_back_to_defaults(caplog):
     settings = ProducerSettings.from_env({"CODEX_LANGFUSE_QUEUE_MAX_BYTES": "lots", "CODEX_LANGFUSE_MAX_LINE_BYTES": "-5"})
     assert settings.queue_max_bytes == 64 << 20 and settings.max_line_bytes == 1 << 20
     assert "CODEX_LANGFUSE_QUEUE_MAX_BYTES" in caplog.text
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("CODEX_LANGFUSE_QUEUE_MAX_BYTES", "64MB", "CODEX_LANGFUSE_QUEUE_MAX_BYTES='64MB' is not a positive whole number of bytes"),
+    ("CODEX_LANGFUSE_SPOOL_MAX_BYTES", "0", "CODEX_LANGFUSE_SPOOL_MAX_BYTES='0' is not a positive whole number of bytes"),
+    ("CODEX_LANGFUSE_PRODUCER_REDIS_TIMEOUT", "inf", "CODEX_LANGFUSE_PRODUCER_REDIS_TIMEOUT='inf' is not a positive number of seconds"),
+    ("CODEX_LANGFUSE_HEARTBEAT_SECONDS", "nan", "CODEX_LANGFUSE_HEARTBEAT_SECONDS='nan' is not a positive number of seconds"),
+    ("REDIS_URL", "localhost:6379", "REDIS_URL='localhost:6379' needs a scheme"),
+    ("REDIS_URL", "redis://:secret@:6379/0", "REDIS_URL='redis://:***@:6379/0' names no host"),
+    ("REDIS_URL", "redis://host:port/0", "REDIS_URL='redis://host:port/0' is not a URL"),
+])
+def test_strict_settings_name_the_variable_and_what_it_expects(name, value, expected):
+    """`run`, `tee` and `spool` refuse to start on these; the Python API falls back instead."""
+    with pytest.raises(SettingError) as refused:
+        ProducerSettings.from_env({name: value}, strict=True)
+    assert str(refused.value).startswith(expected) and "secret" not in str(refused.value)
+    ProducerSettings.from_env({name: value})  # lenient: logged, default used
+
+
+def test_the_destination_ignores_the_password_and_spelling_but_not_the_server_or_stream():
+    same = destination_id("redis://:old@Redis.internal:6379/0", "codex-langfuse:events")
+    assert destination_id("redis://:rotated@redis.internal/0", "codex-langfuse:events") == same
+    assert destination_id("redis://redis.internal:6379", "codex-langfuse:events") == same  # db 0, port 6379
+    assert destination_id("redis://redis.internal:6379/1", "codex-langfuse:events") != same
+    assert destination_id("redis://other:6379/0", "codex-langfuse:events") != same
+    assert destination_id("redis://redis.internal:6379/0", "other:events") != same
+    assert destination_id("redis://alice:pw@redis.internal:6379/0", "codex-langfuse:events") != same  # another user
+    assert len(same) == 16 and int(same, 16) >= 0
+    assert destination_id("unix:///run/redis.sock?db=2", "s") != destination_id("unix:///run/redis.sock", "s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 import codex_langfuse.producer as producer
 from codex_langfuse.producer.entries import (
-    decode_fields, encode_json, entry_fields, is_valid_run_id, strip_line_ending, trace_id,
+    decode_fields, encode_json, entry_fields, is_valid_run_id, new_instance_id, new_run_id, strip_line_ending, trace_id,
 )
 
 
@@ -47,14 +48,24 @@ def test_line_endings_are_stripped_once():
 
 
 def test_entry_fields_are_the_contract_and_decode_back():
-    fields = entry_fields("r1", 7, "line", b"\xff\x00raw", ts=1_700_000_000_123_456, trunc=99)
+    fields = entry_fields("r1", 7, "line", b"\xff\x00raw", ts=1_700_000_000_123_456, trunc=99, inst="0123456789abcdef")
     assert fields == {"v": "1", "run": "r1", "seq": "7", "ts": "1700000000123456", "kind": "line",
-                      "data": b"\xff\x00raw", "trunc": "99"}
+                      "data": b"\xff\x00raw", "trunc": "99", "inst": "0123456789abcdef"}
     as_read_from_redis = {key.encode(): value if isinstance(value, bytes) else value.encode() for key, value in fields.items()}
     assert decode_fields(as_read_from_redis) == {
         "v": "1", "run": "r1", "seq": 7, "ts": 1_700_000_000_123_456, "kind": "line", "data": b"\xff\x00raw", "trunc": 99,
+        "inst": "0123456789abcdef",
     }
-    assert "trunc" not in entry_fields("r1", 0, "start", b"{}", ts=1)
+    without_optional_fields = entry_fields("r1", 0, "start", b"{}", ts=1)
+    assert "trunc" not in without_optional_fields and "inst" not in without_optional_fields
+    as_read_from_redis = {key.encode(): value if isinstance(value, bytes) else value.encode()
+                          for key, value in without_optional_fields.items()}
+    assert decode_fields(as_read_from_redis)["inst"] is None  # optional for producers in other languages
+
+
+def test_instance_ids_are_16_random_lowercase_hex():
+    ids = {new_instance_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(re.fullmatch(r"[0-9a-f]{16}", value) for value in ids)
 
 
 def test_json_data_is_compact_utf8_and_never_fails_on_odd_values():
@@ -100,3 +111,13 @@ def test_version_matches_the_installed_distribution():
     from importlib.metadata import version
 
     assert producer.__version__ == version("codex-langfuse")
+
+
+def test_default_run_ids_are_version_4_uuids_in_their_usual_spelling():
+    import uuid
+
+    ids = [new_run_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    for run_id in ids:
+        parsed = uuid.UUID(run_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == run_id

@@ -18,6 +18,7 @@ import redis
 
 from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields
 from codex_langfuse.producer.spool import orphan_candidates
+from tests.support.intercepted_redis import InterceptedClient
 
 pytestmark = pytest.mark.integration
 
@@ -181,23 +182,11 @@ def test_fork_child_delivers_its_own_entries_and_not_the_parents_queue(redis_ser
     gate = threading.Event()
 
     def gated_client():
-        client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
-        make_pipeline = client.pipeline
+        def hold_the_parents_writes():
+            if os.getpid() == parent_pid:  # the parent's sender holds its batch until we say so
+                gate.wait(HANG_GUARD)
 
-        def pipeline(transaction=True):
-            pipe = make_pipeline(transaction=transaction)
-            execute = pipe.execute
-
-            def gated_execute(*args, **kwargs):
-                if os.getpid() == parent_pid:  # the parent's sender holds its batch until we say so
-                    gate.wait(HANG_GUARD)
-                return execute(*args, **kwargs)
-
-            pipe.execute = gated_execute
-            return pipe
-
-        client.pipeline = pipeline
-        return client
+        return InterceptedClient(redis.Redis.from_url(redis_server.url, socket_timeout=5), hold_the_parents_writes)
 
     producer = Producer(redis_url=redis_server.url, spool_dir=tmp_path, redis_client_factory=gated_client)
     parent_run = producer.start_run(run_id="parent-run")
@@ -226,3 +215,54 @@ def test_fork_child_delivers_its_own_entries_and_not_the_parents_queue(redis_ser
     assert run_with_guard(producer.close, 30.0)
     counts = count_by_key(stream_entries(redis_server))
     assert {key: n for key, n in counts.items() if key[0] == "parent-run"} == {("parent-run", seq): 1 for seq in range(22)}
+
+
+LEAVE_SPOOLS = textwrap.dedent("""
+    import os, sys
+    from codex_langfuse.producer import Producer
+    redis_url, spool_dir, stream, files = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    for number in range(files):
+        producer = Producer(redis_url=redis_url, stream=stream, spool_dir=spool_dir)
+        run = producer.start_run(run_id=f"left-{stream.replace(':', '-')}-{number}")
+        for n in range(10):
+            run.emit(b'{"n":%d}' % n)
+        run.finish(0)
+        assert producer.flush(60), producer.stats()
+    os._exit(0)  # dies without closing: its spool files stay behind, unlocked
+""")
+
+
+def leave_spools(redis_server, spool_dir, files: int, stream: str = DEFAULT_STREAM) -> None:
+    redis_server.stop()
+    subprocess.run([sys.executable, "-c", LEAVE_SPOOLS, redis_server.url, str(spool_dir), stream, str(files)],
+                   check=True, timeout=HANG_GUARD, stderr=subprocess.DEVNULL)
+    redis_server.start()
+
+
+def test_close_of_a_short_lived_producer_delivers_dead_producers_spools_within_its_deadline(redis_server, tmp_path):
+    leave_spools(redis_server, tmp_path, files=20)
+    assert len(orphan_candidates(tmp_path)) == 20
+    producer = Producer(redis_url=redis_server.url, spool_dir=tmp_path)  # the default adoption interval
+    producer.start_run(run_id="short").finish(0)
+    started = time.monotonic()
+    assert run_with_guard(producer.close, 5.0)
+    assert time.monotonic() - started < 5.0 + 1.0  # its deadline, and a socket timeout at worst
+    assert orphan_candidates(tmp_path) == []
+    counts = count_by_key(stream_entries(redis_server))
+    assert {key for key in counts if key[0].startswith("left-")} == {
+        (f"left-codex-langfuse-events-{number}", seq) for number in range(20) for seq in range(12)}
+    assert producer.stats()["spool_replayed"] == 20 * 12
+
+
+def test_spools_written_for_another_stream_or_redis_are_left_alone(redis_server, tmp_path):
+    leave_spools(redis_server, tmp_path, files=1, stream="other:events")
+    [foreign] = orphan_candidates(tmp_path)
+    adopter = Producer(redis_url=redis_server.url, spool_dir=tmp_path, adopt_interval=0.2)
+    adopter.start_run(run_id="adopter").finish(0)
+    time.sleep(1.0)  # several adoption rounds
+    assert run_with_guard(adopter.close, 5.0)
+    assert orphan_candidates(tmp_path) == [foreign]
+    assert [entry["run"] for entry in stream_entries(redis_server)] == ["adopter", "adopter"]
+    other_db = Producer(redis_url=redis_server.url.rsplit("/", 1)[0] + "/3", stream="other:events", spool_dir=tmp_path)
+    assert run_with_guard(other_db.close, 5.0)  # same stream name, another database: not its spool either
+    assert orphan_candidates(tmp_path) == [foreign]

@@ -11,43 +11,79 @@ import pytest
 import redis
 
 from codex_langfuse.producer import DEFAULT_STREAM, Producer, decode_fields
-from codex_langfuse.producer.entries import entry_fields
 from codex_langfuse.producer.spool import HEADER_LEN, SpoolFile, decode_record, encode_record, orphan_candidates
+from codex_langfuse.producer.xadd import LINES
+from tests.support.intercepted_redis import InterceptedClient
 
 HANG_GUARD = 60
+DEST = "0123456789abcdef"
 
 
-def record(seq: int, data: bytes = b"payload", run: str = "r") -> dict:
-    return entry_fields(run, seq, "line", data, ts=1_700_000_000_000_000 + seq)
+def item(seq: int, data: bytes = b"payload", run: str = "r") -> tuple:
+    """A queued item as the sender holds it: (run, inst, seq, kind, data, ts, extra)."""
+    return (run, "00ff00ff00ff00ff", seq, "line", data, 1_700_000_000_000_000 + seq, None)
 
 
-def test_records_round_trip_any_bytes():
-    every_byte = bytes(range(256)) + b"\n\r\n" + "é".encode() + b"\xed\xa0\x80"
-    fields = dict(record(5, every_byte), trunc="9999", future_field="kept")
-    line = encode_record(fields)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
-    assert decode_record(line[:-1]) == fields
+def record(seq: int, data: bytes = b"payload", run: str = "r") -> bytes:
+    return encode_record(item(seq, data, run), DEST)
+
+
+def seqs(records) -> list[int]:
+    return [queued[2] for queued, _ in records]
+
+
+QUEUED = [
+    ("r", "00ff00ff00ff00ff", 5, "line", bytes(range(256)) + b"\n\r\n" + "é".encode() + b"\xed\xa0\x80", 17, 9999),
+    ("r", None, 0, "start", b'{"model":"m"}', 1, None),
+    ("r", "00ff00ff00ff00ff", 7, LINES, b'{"a":1}\n\xff\r\n\n', 2, 3),
+    ("run.with:odd-chars_1", "00ff00ff00ff00ff", 9, "line", b"", 3, None),
+]
+
+
+def test_records_round_trip_any_bytes_with_their_destination(tmp_path):
+    spool = SpoolFile.create(tmp_path)
+    assert spool.append([encode_record(queued, DEST) for queued in QUEUED], max_bytes=1 << 20) == len(QUEUED)
+    records, offset, skipped = spool.read(max_records=100, max_bytes=1 << 20)
+    assert records == [(queued, DEST) for queued in QUEUED] and skipped == 0 and offset == spool.end
+
+
+def test_records_of_the_earlier_base64_format_are_still_read(tmp_path):
+    spool = SpoolFile.create(tmp_path)
+    old = b'{"v":"1","run":"r","seq":"1","ts":"2","kind":"line","data":"eA==","trunc":"9"}\n'
+    spool.append([old, record(2)], max_bytes=1 << 20)
+    records, _, skipped = spool.read(max_records=100, max_bytes=1 << 20)
+    assert records == [(("r", None, 1, "line", b"x", 2, 9), None), (item(2), DEST)] and skipped == 0
 
 
 @pytest.mark.parametrize("line", [b"", b"not json", b"[1]", b'{"run":"r"}', b'{"run":"r","data":"***"}',
-                                  b'{"run":"r","data":"eA==","seq":1}'])
+                                  b'{"run":"r","data":"eA==","seq":1}',
+                                  b'{"run":"r","data":"eA==","seq":"1","ts":"2","kind":"line","n":"1"}'])
 def test_lines_that_are_not_records_decode_to_none(line):
     assert decode_record(line) is None
+
+
+def test_a_record_whose_data_is_not_what_its_header_says_is_skipped(tmp_path):
+    spool = SpoolFile.create(tmp_path)
+    damaged = record(1).replace(b'"size":"7"', b'"size":"3"')  # its data then does not end where a newline is
+    spool.append([record(0), damaged, record(2)], max_bytes=1 << 20)
+    records, _, skipped = spool.read(max_records=100, max_bytes=1 << 20)
+    assert seqs(records) == [0, 2] and skipped >= 1
 
 
 def test_append_read_confirm_and_adopt_from_the_confirmed_offset(tmp_path):
     spool = SpoolFile.create(tmp_path)
     assert spool.path.name.startswith(f"p{os.getpid()}-") and spool.path.suffix == ".spool"
-    assert spool.append([encode_record(record(seq)) for seq in range(10)], max_bytes=1 << 20) == 10
+    assert spool.append([record(seq) for seq in range(10)], max_bytes=1 << 20) == 10
+    assert spool.destination() == DEST
     records, offset, skipped = spool.read(max_records=4, max_bytes=1 << 20)
-    assert [int(fields["seq"]) for fields in records] == [0, 1, 2, 3] and skipped == 0
+    assert seqs(records) == [0, 1, 2, 3] and skipped == 0
     spool.confirm(offset)
     spool.release(delete=False)  # as if the process died here
 
     adopted = SpoolFile.adopt(spool.path)
     assert adopted is not None and adopted.pending
     records, offset, _ = adopted.read(max_records=100, max_bytes=1 << 20)
-    assert [int(fields["seq"]) for fields in records] == list(range(4, 10))
+    assert seqs(records) == list(range(4, 10))
     adopted.confirm(offset)
     assert not adopted.pending
     adopted.release(delete=True)
@@ -56,7 +92,7 @@ def test_append_read_confirm_and_adopt_from_the_confirmed_offset(tmp_path):
 
 def test_a_live_owner_keeps_its_file(tmp_path):
     spool = SpoolFile.create(tmp_path)
-    spool.append([encode_record(record(0))], max_bytes=1 << 20)
+    spool.append([record(0)], max_bytes=1 << 20)
     assert SpoolFile.adopt(spool.path) is None  # flock is held (per open file, so even in-process)
     assert orphan_candidates(tmp_path) == [spool.path]
     assert orphan_candidates(tmp_path, exclude=[spool.path]) == []
@@ -64,15 +100,16 @@ def test_a_live_owner_keeps_its_file(tmp_path):
     assert SpoolFile.adopt(spool.path) is not None
 
 
-def test_a_crash_mid_append_leaves_earlier_records_readable(tmp_path):
+@pytest.mark.parametrize("cut", [-1, -4, 20], ids=["before its newline", "in its data", "in its header"])
+def test_a_crash_mid_append_leaves_earlier_records_readable(tmp_path, cut):
     spool = SpoolFile.create(tmp_path)
-    spool.append([encode_record(record(seq)) for seq in range(3)], max_bytes=1 << 20)
+    spool.append([record(seq) for seq in range(3)], max_bytes=1 << 20)
     spool.release(delete=False)
     with open(spool.path, "ab") as file:
-        file.write(encode_record(record(3))[:-7])  # the last append was cut short
+        file.write(record(3)[:cut])  # the last append was cut short
     adopted = SpoolFile.adopt(spool.path)
     records, offset, skipped = adopted.read(max_records=100, max_bytes=1 << 20)
-    assert [int(fields["seq"]) for fields in records] == [0, 1, 2] and skipped == 0
+    assert seqs(records) == [0, 1, 2] and skipped == 0
     adopted.confirm(offset)
     records, offset, skipped = adopted.read(max_records=100, max_bytes=1 << 20)
     assert records == [] and skipped == 1 and offset == adopted.end
@@ -80,25 +117,25 @@ def test_a_crash_mid_append_leaves_earlier_records_readable(tmp_path):
 
 def test_a_damaged_line_is_skipped_and_the_rest_read(tmp_path):
     spool = SpoolFile.create(tmp_path)
-    spool.append([encode_record(record(0)), b'{"garbage\n', encode_record(record(2))], max_bytes=1 << 20)
+    spool.append([record(0), b'{"garbage\n', record(2)], max_bytes=1 << 20)
     records, _, skipped = spool.read(max_records=100, max_bytes=1 << 20)
-    assert [int(fields["seq"]) for fields in records] == [0, 2] and skipped == 1
+    assert seqs(records) == [0, 2] and skipped == 1
 
 
 def test_records_longer_than_a_read_block_are_read_whole(tmp_path):
     spool = SpoolFile.create(tmp_path)
     big = os.urandom(300_000)
-    spool.append([encode_record(record(0, big)), encode_record(record(1))], max_bytes=1 << 22)
+    spool.append([record(0, big), record(1)], max_bytes=1 << 22)
     records, offset, _ = spool.read(max_records=100, max_bytes=1024)
-    assert len(records) == 1 and records[0]["data"] == big
+    assert len(records) == 1 and records[0][0][4] == big
     spool.confirm(offset)
     records, _, _ = spool.read(max_records=100, max_bytes=1024)
-    assert [int(fields["seq"]) for fields in records] == [1]
+    assert seqs(records) == [1]
 
 
 def test_cap_and_compaction(tmp_path):
     spool = SpoolFile.create(tmp_path)
-    line = encode_record(record(0))
+    line = record(0)
     cap = HEADER_LEN + 3 * len(line)
     assert spool.append([line] * 5, max_bytes=cap) == 3
     records, offset, _ = spool.read(100, 1 << 20)
@@ -107,21 +144,14 @@ def test_cap_and_compaction(tmp_path):
     assert spool.append([line] * 5, max_bytes=cap) == 3
 
 
-class SwitchableRedis:
+def switchable_redis(server, down: threading.Event) -> InterceptedClient:
     """fakeredis that refuses connections while `down` is set."""
 
-    def __init__(self, server, down: threading.Event):
-        self.real = fakeredis.FakeRedis(server=server)
-        self.down = down
-        self.connection_pool = self.real.connection_pool
-
-    def pipeline(self, transaction=True):
-        if self.down.is_set():
+    def refuse_while_down():
+        if down.is_set():
             raise redis.ConnectionError("refused (simulated)")
-        return self.real.pipeline(transaction=transaction)
 
-    def close(self):
-        pass
+    return InterceptedClient(fakeredis.FakeRedis(server=server), refuse_while_down)
 
 
 def wait_for(predicate, what: str):
@@ -135,7 +165,7 @@ def wait_for(predicate, what: str):
 def test_sender_spools_while_redis_refuses_then_drains_in_order(tmp_path):
     server, down = fakeredis.FakeServer(), threading.Event()
     down.set()
-    producer = Producer(spool_dir=tmp_path, redis_client_factory=lambda: SwitchableRedis(server, down))
+    producer = Producer(spool_dir=tmp_path, redis_client_factory=lambda: switchable_redis(server, down))
     run = producer.start_run(run_id="spooled")
     assert all(run.emit(f"line {n}".encode() + b"\xff") for n in range(1000))
     run.finish(0)
@@ -159,7 +189,7 @@ def test_sender_spools_while_redis_refuses_then_drains_in_order(tmp_path):
 def test_spool_cap_drops_and_counts(tmp_path, caplog):
     server, down = fakeredis.FakeServer(), threading.Event()
     down.set()
-    producer = Producer(spool_dir=tmp_path, spool_max_bytes=20_000, redis_client_factory=lambda: SwitchableRedis(server, down))
+    producer = Producer(spool_dir=tmp_path, spool_max_bytes=20_000, redis_client_factory=lambda: switchable_redis(server, down))
     run = producer.start_run(run_id="spool-cap")
     for n in range(200):
         run.emit(b"z" * 500)
@@ -179,7 +209,7 @@ def test_unwritable_spool_counts_the_loss_and_never_raises(tmp_path):
     blocker.write_text("")
     server, down = fakeredis.FakeServer(), threading.Event()
     down.set()
-    producer = Producer(spool_dir=blocker / "spool", redis_client_factory=lambda: SwitchableRedis(server, down))
+    producer = Producer(spool_dir=blocker / "spool", redis_client_factory=lambda: switchable_redis(server, down))
     run = producer.start_run(run_id="nowhere")
     assert run.emit("lost")
     assert producer.flush(HANG_GUARD)

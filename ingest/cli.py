@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("dispatch", "worker", "replay", "status", "score", "show", "demo", "doctor", "verify")
+COMMANDS = ("dispatch", "worker", "replay", "status", "score", "show", "demo", "doctor", "verify", "acl")
 
 OK, FAILED, USAGE, UNAVAILABLE, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 3, 130, 141
 # What the `backend` extra installs: a runner that installed the base package has none of them.
@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print a run's trace from the local sink")
     show.add_argument("run_id", help="run id or trace id")
     show.add_argument("--json", action="store_true", help="the spans as stored")
+
+    acl = sub.add_parser("acl", help="the Redis users: runners may only append to the stream (ACL SETUSER rules)")
+    acl.add_argument("--runner-user", default="runner")
+    acl.add_argument("--backend-user", default="backend")
+    acl.add_argument("--runner-password", default=os.environ.get("CODEX_LANGFUSE_RUNNER_PASSWORD"),
+                     help="default: $CODEX_LANGFUSE_RUNNER_PASSWORD, else a new random one")
+    acl.add_argument("--backend-password", default=os.environ.get("CODEX_LANGFUSE_BACKEND_PASSWORD"),
+                     help="default: $CODEX_LANGFUSE_BACKEND_PASSWORD, else a new random one")
+    acl.add_argument("--apply", action="store_true", help="set the users on the Redis of REDIS_URL (an admin user)")
 
     demo = sub.add_parser("demo", help="end to end on a recorded Codex run, with a Redis of its own")
     demo.add_argument("--fixture", help="a Codex JSONL file to feed (default: a recorded 0.169.0 run)")
@@ -263,7 +272,8 @@ def cmd_replay(settings: Any, args: argparse.Namespace) -> int:
     else:
         verb = "would replay" if report.dry_run else "replayed"
         print(f"{report.letters} dead letters: {verb} {report.replayed}, skipped {report.skipped} already "
-              f"accepted, failed {report.failed}, not attempted {report.not_attempted}")
+              f"accepted, failed {report.failed}, not attempted {report.not_attempted}"
+              + (f"; {report.unsendable} letters of unfoldable entries kept (see status)" if report.unsendable else ""))
         for error in report.errors:
             print(f"  {error}", file=sys.stderr)
     return 1 if report.failed or report.not_attempted else 0
@@ -334,6 +344,60 @@ def cmd_show(settings: Any, args: argparse.Namespace) -> int:
     print(text)
     sys.stdout.flush()  # a reader gone away shows here, inside main's handling
     return OK
+
+
+def cmd_acl(settings: Any, args: argparse.Namespace) -> int:
+    import secrets
+
+    import redis
+
+    from codex_langfuse.ingest import acl, connections
+
+    runner_password = args.runner_password or secrets.token_urlsafe(24)
+    backend_password = args.backend_password or secrets.token_urlsafe(24)
+    users = [acl.runner(settings, args.runner_user, runner_password),
+             acl.backend(settings, args.backend_user, backend_password)]
+    for user in users:
+        print(user.command())
+    print(f"# runners (run, tee, the producer): REDIS_URL="
+          f"{acl.url_for(settings.redis_url, args.runner_user, runner_password)}", file=sys.stderr)
+    print(f"# back end (dispatch, worker, status, replay, score): REDIS_URL="
+          f"{acl.url_for(settings.redis_url, args.backend_user, backend_password)}", file=sys.stderr)
+    if not args.apply:
+        return OK
+    client = connections.redis_client(settings)
+    try:
+        for user in users:
+            client.execute_command("ACL", "SETUSER", *user.setuser())
+        default = client.execute_command("ACL", "GETUSER", "default")
+    except redis.ResponseError as exc:  # not an admin user
+        raise Failure(f"Redis refused to set the users: {_first_line(exc)} (REDIS_URL must be an admin user)",
+                      USAGE) from None
+    print(f"set users {args.runner_user} and {args.backend_user} on {acl.where(settings.redis_url)}",
+          file=sys.stderr)
+    flags = _flags(default)
+    if "on" in flags and "nopass" in flags:
+        print("WARNING: the default user needs no password: anyone who reaches Redis has every right. Give it "
+              "one (ACL SETUSER default on >PASSWORD) rather than turning it off: Redis replays the AOF's "
+              "transactions as the default user and, before the fix of redis/redis#14541, silently drops "
+              "those it may not run.", file=sys.stderr)
+    try:
+        client.execute_command("ACL", "SAVE")
+        print("saved to Redis's ACL file", file=sys.stderr)
+    except redis.RedisError as exc:
+        print(f"not saved ({_first_line(exc)}): add the lines above to Redis's ACL file or run CONFIG REWRITE, "
+              "or a restart forgets them", file=sys.stderr)
+    return OK
+
+
+def _flags(getuser: Any) -> set[str]:
+    """The flags of an `ACL GETUSER` answer (a dict with RESP3, a flat list with RESP2)."""
+    if isinstance(getuser, dict):
+        flags = getuser.get(b"flags") or getuser.get("flags") or []
+    else:
+        pairs = dict(zip(getuser[::2], getuser[1::2])) if getuser else {}
+        flags = pairs.get(b"flags") or pairs.get("flags") or []
+    return {f.decode() if isinstance(f, bytes) else str(f) for f in flags}
 
 
 def cmd_demo(settings: Any, args: argparse.Namespace) -> int:

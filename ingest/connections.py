@@ -1,8 +1,8 @@
 """Connections to Redis and the RQ objects, all built with the project's settings, and the one
 backoff that long-running processes wait with while Redis is away.
 
-Every RQ object uses the JSON serializer: with pickle, anyone able to write to Redis could run
-code in a worker.
+Every RQ object uses the JSON serializer (with pickle, anyone able to write to Redis could run
+code in a worker) and reads jobs as `OwnJob` (which refuses any function but the worker's own).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from codex_langfuse.ingest.keys import Keys
+from codex_langfuse.ingest.own_jobs import OwnJob
 from codex_langfuse.ingest.settings import Settings
 
 
@@ -29,7 +30,7 @@ def keys(settings: Settings) -> Keys:
 
 
 def queue(settings: Settings, connection: redis.Redis) -> Queue:
-    return Queue(settings.queue, connection=connection, serializer=JSONSerializer,
+    return Queue(settings.queue, connection=connection, serializer=JSONSerializer, job_class=OwnJob,
                  default_timeout=settings.job_timeout)
 
 

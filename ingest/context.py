@@ -67,7 +67,9 @@ class WorkerContext:
     def fold_context(self) -> FoldContext:
         return FoldContext(prices=self.prices, thread_baseline=self.store.thread_baseline, claim_turn=self.claims.claim,
                            trace_name=self.settings.trace_name, environment=self.settings.environment,
-                           release=self.settings.release, max_output_chars=self.settings.max_output_chars)
+                           release=self.settings.release, max_output_chars=self.settings.max_output_chars,
+                           max_problem_events=self.settings.max_problem_events,
+                           max_observations=self.settings.max_observations)
 
 
 _context: WorkerContext | None = None

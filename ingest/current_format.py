@@ -55,7 +55,7 @@ def apply(folder: Folder, line: Line, entry: Entry) -> None:
         state.turn_message = None
     elif kind in ("item.started", "item.updated", "item.completed"):
         raw = obj.get("item")
-        if isinstance(raw, dict) and "item_type" in raw and "type" not in raw:
+        if isinstance(raw, dict) and isinstance(raw.get("item_type"), str) and "type" not in raw:
             raw = {**raw, "type": EXPERIMENTAL_ITEM_TYPES.get(raw["item_type"], raw["item_type"])}
         item = parse_item(raw)
         item_id = item.id or f"seq{entry.seq}"

@@ -1,8 +1,11 @@
-"""Dead letters: what Langfuse refused for good, or what could not be delivered in time.
+"""Dead letters: what Langfuse refused for good, what could not be delivered in time, and
+entries that could not be folded.
 
 Each letter holds everything needed to send again (the spans or scores as they were to be
 sent), the reason class and Langfuse's message, attempts and times. Letters never expire by
-themselves; `codex-langfuse replay` sends them again and removes them once accepted.
+themselves; `codex-langfuse replay` sends them again and removes them once accepted. A letter of
+entries (`fold_failed`) holds them as they were filed, with the error: not sendable, kept for a
+human.
 """
 
 from __future__ import annotations
@@ -18,11 +21,17 @@ from codex_langfuse.ingest.items import Item, Span, slot
 from codex_langfuse.ingest.keys import Keys
 
 
+# Reason classes this module adds to those of `transport` (what Langfuse refused, or retries exhausted).
+FOLD_FAILED = "fold_failed"  # entries whose folding raised: kept as they were filed, with the error
+JOB_FAILED = "job_failed"  # what a run held when its job kept failing: the run was set aside
+
+
 class DeadLetter(BaseModel):
     id: str
     run_id: str
     trace_id: str
-    kind: Literal["spans", "scores"]
+    # spans and scores are sent again by `replay`; entries (fold_failed) are kept for a human
+    kind: Literal["spans", "scores", "entries"]
     items: list[dict[str, Any]]
     reason: str
     message: str
@@ -36,7 +45,8 @@ class DeadLetter(BaseModel):
         """A letter of these items (encoded spans are kept decoded: a letter is read by people too)."""
         items = [item.decode() if isinstance(item, Span) else item for item in items]
         now = time.time()
-        ids = ",".join(slot(item) for item in items)
+        ids = ",".join(slot(item) if kind != "entries" else str(item.get("seq", item.get("step", "?")))
+                       for item in items)
         digest = hashlib.sha256(f"{run_id}|{kind}|{ids}".encode()).hexdigest()[:20]
         return cls(id=f"{run_id}:{digest}", run_id=run_id, trace_id=trace_id, kind=kind, items=items,
                    reason=reason, message=message[:4000], attempts=attempts,

@@ -52,7 +52,7 @@ class Dispatcher:
         self.group = self.keys.group
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._last_sweep = 0.0
-        self.counts = {"filed": 0, "poisoned": 0, "jobs": 0, "claimed": 0}
+        self.counts = {"filed": 0, "poisoned": 0, "jobs": 0, "claimed": 0, "conflicts": 0}
 
     def ensure_group(self) -> None:
         try:
@@ -91,7 +91,6 @@ class Dispatcher:
                     log.exception("entry %s failed", entry[0])
 
     def _dispatch(self, entries: list[StreamEntry]) -> None:
-        now = time.time()
         poison: list[tuple[bytes, dict[bytes, bytes], str]] = []
         parsed: list[Entry] = []
         for entry_id, fields in entries:
@@ -99,9 +98,21 @@ class Dispatcher:
                 parsed.append(Entry.from_stream(fields))
             except InvalidEntry as exc:
                 poison.append((entry_id, fields, f"invalid entry: {exc}"))
+                # Its run shows it at once instead of waiting for it; timed by its stream id, so a
+                # redelivery files the same placeholder.
+                placeholder = exc.placeholder(int(entry_id.split(b"-")[0]) * 1000)
+                if placeholder is not None:
+                    parsed.append(placeholder)
+        now = time.time()
         run_keys, reused = self.store.run_keys(parsed, now) if parsed else ([], set())
-        if parsed and self.store.file(parsed, run_keys, now):
-            self.counts["jobs"] += queue_job(self.queue)
+        if parsed:
+            filed = self.store.file(parsed, run_keys, now)
+            if filed.job_needed:
+                self.counts["jobs"] += queue_job(self.queue)
+            if filed.conflicts:
+                self.counts["conflicts"] += filed.conflicts
+                log.warning("%d entries arrived again under a sequence number with other data (kept to be shown)",
+                            filed.conflicts)
         if self.store.note_reused(reused, now):
             for run in sorted(reused):
                 metrics.runs_reused.inc()

@@ -104,7 +104,7 @@ def _redis_user(client: redis.Redis, settings: Settings) -> list[Finding]:
         return [Finding("acl", f"connected as {user!r}, which needs no password: anyone who reaches Redis can "
                                "write jobs for the workers",
                         "require a password, and give runners a user that may only XADD to the stream "
-                        f"{settings.stream!r}")]
+                        f"{settings.stream!r} (codex-langfuse acl prints the users)")]
     return [Finding("acl", f"connected as {user!r}")]
 
 

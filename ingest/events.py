@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from codex_langfuse.ingest import safe_json
+
 
 class Format(str, Enum):
     CURRENT = "current"  # 0.44 -> today: {"type": "thread.started" | "item.completed" | ...}
@@ -243,10 +245,9 @@ def parse_line(text: str) -> Line:
     stripped = text.strip()
     if not stripped:
         return Line(format=Format.INVALID, problem="empty line")
-    try:
-        obj = json.loads(stripped, object_pairs_hook=_keep_first)
-    except (ValueError, RecursionError) as exc:
-        return Line(format=Format.INVALID, problem=f"not JSON: {exc}")
+    obj, problem = safe_json.load(stripped, object_pairs_hook=_keep_first)
+    if problem is not None:
+        return Line(format=Format.INVALID, problem=problem)
     if not isinstance(obj, dict):
         return Line(format=Format.INVALID, problem=f"JSON {type(obj).__name__}, not an object")
     return Line(format=detect_format(obj), obj=obj)
@@ -255,10 +256,7 @@ def parse_line(text: str) -> Line:
 def first_line(text: str, limit: int = 500) -> str:
     """A status message: the provider's own message when Codex passed its JSON error through."""
     text = text.strip()
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
+    body = safe_json.load(text)[0] if text.startswith("{") else None
     if isinstance(body, dict):
         error = body.get("error") if isinstance(body.get("error"), dict) else body
         if isinstance(error.get("message"), str) and error["message"].strip():

@@ -12,26 +12,33 @@ its `end` entry, or through `close()` when the producer stopped reporting.
 from __future__ import annotations
 
 import datetime
-import math
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from codex_langfuse.ingest import current_format, legacy_format, rollout_format
-from codex_langfuse.ingest.entries import Entry, split_run_key
+from codex_langfuse.ingest.entries import KIND_INVALID, EndData, Entry, RunMeta, ScoreData, split_run_key
 from codex_langfuse.ingest.events import Format, Usage, first_line, parse_line
 from codex_langfuse.ingest.observations import Observation, Score, TraceAttributes, observation_id, root_id, score_id
 from codex_langfuse.ingest.pricing import usage_buckets
-from codex_langfuse.ingest.state import Counters, FoldContext, HeldError, OpenItem, RunState
+from codex_langfuse.ingest.state import Counters, FoldContext, HeldError, OpenItem, RunState, Suppressed
 from codex_langfuse.producer.entries import normalize_environment, parse_traceparent
 
-__all__ = ["Counters", "FoldContext", "FoldResult", "Folder", "OpenItem", "RunState", "close", "fold", "new_state",
-           "skip_gap"]
+__all__ = ["Counters", "FoldContext", "FoldResult", "Folder", "OpenItem", "RunState", "abandon", "close", "fold",
+           "new_state", "set_aside", "skip_gap"]
 
 MAX_TRACKED_PATHS = 1000
 MAX_STDERR_CHARS = 8000  # the tail of Codex's stderr kept on the root observation
 LATE_CONTENT_CHARS = 32_000
 MAX_SKIPPED_RANGES = 100
+# What a summary of things past a cap keeps: the first few, each cut, counted by at most this many kinds.
+MAX_SAMPLES = 5
+MAX_SAMPLE_CHARS = 500
+MAX_KINDS = 50
+PROBLEMS_SUMMARY = "summary/problems"
+OBSERVATIONS_SUMMARY = "summary/observations"
+UNCAPPED = frozenset({"root", PROBLEMS_SUMMARY, OBSERVATIONS_SUMMARY})
 # Formats whose stream just ends (no turn.completed/turn.failed): ending is not aborting there.
 NO_TERMINAL_EVENT = (Format.LEGACY, Format.EXPERIMENTAL)
 # The head of an `item.completed` line cut by the producer: enough to close the item it completes.
@@ -162,6 +169,12 @@ class Folder:
     # ---- emitting ----
 
     def emit(self, key: str, type_: str, name: str, start_us: int, end_us: int, **fields: Any) -> None:
+        state = self.state
+        if key not in UNCAPPED:
+            if state.observations >= self.ctx.max_observations:
+                _suppress(state.hidden_observations, f"{type_}:{name}", {"type": type_, "name": name})
+                return
+            state.observations += 1
         self.result.observations.append(
             Observation(
                 id=self.oid(key),
@@ -182,6 +195,47 @@ class Folder:
     def warning(self, key: str, name: str, at_us: int, message: str, **fields: Any) -> None:
         self.state.counters.warnings += 1
         self.event(key, name, at_us, level="WARNING", status_message=message, **fields)
+
+    def problem(self, key: str, kind: str, at_us: int, message: str, output: Any = None,
+                metadata: dict[str, Any] | None = None, level: str | None = "WARNING", show: bool = True) -> None:
+        """An entry that is invalid, unknown or conflicting: an event (WARNING unless `level` is
+        None) while fewer than `max_problem_events` were shown, else (or when not to `show`: one of
+        many alike) counted and sampled for the summary at the close."""
+        state = self.state
+        if not show or state.problem_events >= self.ctx.max_problem_events:
+            _suppress(state.hidden_problems, kind, {"kind": kind, "message": message[:MAX_SAMPLE_CHARS],
+                                                    "output": _sample(output), **(metadata or {})})
+            return
+        state.problem_events += 1
+        if level == "WARNING":
+            self.warning(key, kind, at_us, message, output=output, metadata=metadata or {})
+        else:
+            self.event(key, kind, at_us, output=output, metadata=metadata or {})
+
+    def invalid_entry(self, entry: Entry, problems: list[str]) -> None:
+        """A start/meta/score/end whose data did not fit: what was usable was used; this says what was not."""
+        if not problems:
+            return
+        self.state.counters.invalid_entries += 1
+        message = f"{entry.kind} entry: " + "; ".join(problems)
+        self.problem(f"entry/{entry.seq}", "invalid_entry", entry.ts, message[:1000], output=entry.data[:2000],
+                     metadata={"seq": entry.seq, "kind": entry.kind, "problems": problems[:20]})
+
+    def duplicate(self, conflict: dict[str, Any]) -> None:
+        """An entry that came under a sequence number already filed, with other data (the first
+        was the one folded). Read after a closed run ended, it is a reuse of the run id by a
+        producer that sends no `inst`: a late entry. Otherwise it is shown as a duplicate."""
+        entry = Entry.model_validate({"run": self.state.run_id, "kind": "line",
+                                      **{k: v for k, v in conflict.items() if k in Entry.model_fields}})
+        if self.state.closed and entry.ts > (self.state.last_us or 0):
+            self.late(entry)
+            return
+        self.state.counters.duplicate_entries += 1
+        self.problem(f"duplicate/{entry.seq}/{conflict.get('digest')}", "duplicate_entry", entry.ts,
+                     f"seq {entry.seq} arrived again with different data; the first one was used",
+                     output=entry.data[:2000] or None,
+                     metadata={"seq": entry.seq, "kind": entry.kind, "ts": entry.ts, "inst": entry.inst,
+                               "digest": conflict.get("digest"), "first_digest": conflict.get("first_digest")})
 
     def score(self, name: str, value: float | str, data_type: str, at_us: int, comment: str | None = None,
               metadata: dict[str, Any] | None = None) -> None:
@@ -302,32 +356,38 @@ class Folder:
         if state.closed:
             self.late(entry)
             return
+        if entry.kind == KIND_INVALID:  # its time is the dispatcher's, not the run's: shown at the run's last moment
+            state.counters.invalid_entries += 1
+            self.problem(f"entry/{entry.seq}", "invalid_entry", state.last_us or entry.ts, entry.data[:1000],
+                         metadata={"seq": entry.seq, "poisoned": True})
+            return
         if state.started_us is None:
             state.started_us = entry.ts
         state.last_us = max(state.last_us or entry.ts, entry.ts)
         if entry.kind in ("start", "meta"):
-            payload = entry.payload()
-            if entry.kind == "start" and parse_traceparent(payload.get("parent")):
+            payload, problem = entry.data_object()
+            meta, problems = RunMeta.read(payload)
+            if entry.kind == "start" and parse_traceparent(meta.get("parent")):
                 # only the start entry places the run: its spans must not change trace midway
-                state.parent = payload["parent"].strip()
-            self.apply_meta(payload)
+                state.parent = meta["parent"].strip()
+            self.apply_meta(meta)
+            self.invalid_entry(entry, [problem] if problem else problems)
         elif entry.kind == "line":
             self.apply_line(entry)
         elif entry.kind == "score":
             self.apply_score(entry)
         elif entry.kind == "end":
-            payload = entry.payload()
-            state.end = {
-                "exit_code": payload.get("exit_code"),
-                "signal": payload.get("signal"),
-                "reason": payload.get("reason") or "exited",
-            }
-            if isinstance(payload.get("stderr"), str) and payload["stderr"].strip():
-                state.end["stderr"] = payload["stderr"][-MAX_STDERR_CHARS:]
+            payload, problem = entry.data_object()
+            end, problems = EndData.read(payload)
+            state.end = {"exit_code": end.exit_code, "signal": end.signal, "reason": end.reason or "exited"}
+            if end.stderr and end.stderr.strip():
+                state.end["stderr"] = end.stderr[-MAX_STDERR_CHARS:]
+            self.invalid_entry(entry, [problem] if problem else problems)
             self.close(entry.ts)
         else:
-            self.warning(f"entry/{entry.seq}", "unknown_entry", entry.ts, f"unknown entry kind {entry.kind!r}",
-                         output=entry.data[:2000])
+            state.counters.unknown_events += 1
+            self.problem(f"entry/{entry.seq}", "unknown_entry", entry.ts, f"unknown entry kind {entry.kind!r}",
+                         output=entry.data[:2000], metadata={"seq": entry.seq})
 
     # ---- entries that come after their time ----
 
@@ -350,7 +410,7 @@ class Folder:
         if entry.kind == "line":
             content: Any = entry.data or None
         else:
-            content = entry.payload() or None  # an empty `meta` is a heartbeat: nothing to keep
+            content = entry.data_object()[0] or None  # an empty `meta` is a heartbeat: nothing to keep
         if content is None:
             return
         when = "after the run was closed" if self.state.closed else "after it was given up as lost"
@@ -381,32 +441,17 @@ class Folder:
                 meta[key] = value
 
     def apply_score(self, entry: Entry) -> None:
-        payload = entry.payload()
-        name, value = payload.get("name"), payload.get("value")
-        if not isinstance(name, str) or not name or value is None:
-            self.state.counters.invalid_lines += 1
-            return
-        data_type = payload.get("data_type")
-        if data_type not in ("NUMERIC", "BOOLEAN", "CATEGORICAL", "TEXT"):
-            if isinstance(value, bool):
-                data_type = "BOOLEAN"
-            elif isinstance(value, (int, float)):
-                data_type = "NUMERIC"
-            else:
-                data_type = "CATEGORICAL"
-        if data_type in ("NUMERIC", "BOOLEAN"):
+        payload, problem = entry.data_object()
+        score, problems = ScoreData.read(payload) if problem is None else (None, [problem])
+        if score is not None:
             try:
-                value = float(value)
-            except (TypeError, ValueError):
-                self.state.counters.invalid_lines += 1
-                return
-            if not math.isfinite(value) or (data_type == "BOOLEAN" and value not in (0.0, 1.0)):
-                self.state.counters.invalid_lines += 1
-                return
-        else:
-            value = str(value)
-        self.score(name, value, data_type, entry.ts, comment=payload.get("comment"),
-                   metadata={"source": "producer"})
+                value, data_type = score.typed()
+            except ValueError as exc:
+                problems.append(str(exc))
+                score = None
+        self.invalid_entry(entry, problems)
+        if score is not None:
+            self.score(score.name, value, data_type, entry.ts, comment=score.comment, metadata={"source": "producer"})
 
     def apply_line(self, entry: Entry) -> None:
         state = self.state
@@ -422,7 +467,7 @@ class Folder:
                 problem = line.problem or "unreadable"
             state.counters.invalid_lines += 1
             self.release_error()
-            self.warning(f"line/{entry.seq}", "invalid_line", entry.ts, problem, output=entry.data[:2000],
+            self.problem(f"line/{entry.seq}", "invalid_line", entry.ts, problem, output=entry.data[:2000],
                          metadata={"seq": entry.seq, "bytes": entry.trunc or len(entry.data.encode())})
             cut = _CUT_COMPLETION.match(entry.data) if entry.trunc is not None else None
             if cut and cut.group(1) in state.open_items:
@@ -445,7 +490,8 @@ class Folder:
         """A type this version does not know: kept as an event, never fatal."""
         self.release_error()
         self.state.counters.unknown_events += 1
-        self.event(f"line/{entry.seq}", name, entry.ts, output=obj, metadata={"unknown_type": True, "seq": entry.seq})
+        self.problem(f"line/{entry.seq}", name, entry.ts, f"unknown event type {name!r}", output=obj,
+                     metadata={"unknown_type": True, "seq": entry.seq}, level=None)
 
     # ---- closing ----
 
@@ -477,6 +523,7 @@ class Folder:
                             status_message="turn did not complete: the stream ended without turn.completed")
         if state.end is None:
             state.end = {"exit_code": None, "signal": None, "reason": reason or "idle"}
+        self.summaries(at_us)
         level, status = self.root_level()
         trace = self.trace(root=True)
         metadata: dict[str, Any] = {} if self.sets_trace else self.run_metadata()
@@ -502,6 +549,22 @@ class Folder:
                   trace=trace, input=self.prompt, output=state.final_message, level=level, status_message=status,
                   metadata=metadata)
         self.derived_scores(at_us)
+
+    def summaries(self, at_us: int) -> None:
+        """One event for everything past a cap: how many, of which kinds, and the first few."""
+        # copies: the state goes on counting (late entries) after these are sent
+        hidden = self.state.hidden_problems.model_copy(deep=True)
+        if hidden.count:
+            self.warning(PROBLEMS_SUMMARY, "problems_not_shown", at_us,
+                         f"{hidden.count} more invalid, unknown or conflicting entries than the "
+                         f"{self.ctx.max_problem_events} shown one by one",
+                         output=hidden.samples, metadata={"count": hidden.count, "by_kind": hidden.by_kind})
+        hidden = self.state.hidden_observations.model_copy(deep=True)
+        if hidden.count:
+            self.warning(OBSERVATIONS_SUMMARY, "observations_not_sent", at_us,
+                         f"{hidden.count} observations past the cap of {self.ctx.max_observations} per run "
+                         "were not sent", output=hidden.samples,
+                         metadata={"count": hidden.count, "by_kind": hidden.by_kind})
 
     def root_level(self) -> tuple[str, str | None]:
         state = self.state
@@ -541,12 +604,50 @@ class Folder:
         self.score("errors", float(state.counters.errors), "NUMERIC", at, metadata=derived)
 
 
-def fold(state: RunState, entries: Iterable[Entry], context: FoldContext) -> FoldResult:
-    """Apply `entries` (ascending seq, no gaps from `state.next_seq`) to a copy of `state`."""
+def _sample(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= MAX_SAMPLE_CHARS else f"{text[:MAX_SAMPLE_CHARS]}…"
+
+
+def _suppress(hidden: Suppressed, kind: str, sample: dict[str, Any]) -> None:
+    hidden.count += 1
+    if kind not in hidden.by_kind and len(hidden.by_kind) >= MAX_KINDS:
+        kind = "other"
+    hidden.by_kind[kind] = hidden.by_kind.get(kind, 0) + 1
+    if len(hidden.samples) < MAX_SAMPLES:
+        hidden.samples.append(sample)
+
+
+def fold(state: RunState, entries: Iterable[Entry], context: FoldContext,
+         conflicts: Iterable[dict[str, Any]] = ()) -> FoldResult:
+    """Apply `entries` (ascending seq, no gaps from `state.next_seq`) to a copy of `state`, then
+    show `conflicts` (entries filed again under a sequence number with different data)."""
     folder = Folder(state.model_copy(deep=True), context)
     for entry in entries:
         folder.apply(entry)
+    for conflict in conflicts:
+        folder.duplicate(conflict)
     return folder.result
+
+
+def set_aside(state: RunState, entry: Entry) -> RunState:
+    """Go on past an entry whose folding raised (it is kept as a `fold_failed` dead letter)."""
+    state = state.model_copy(deep=True)
+    state.next_seq = max(state.next_seq, entry.seq + 1)
+    state.counters.unfoldable_entries += 1
+    return state
+
+
+def abandon(state: RunState, why: str) -> RunState:
+    """Close a run whose closing raised: nothing more is folded for it; its root is not sent."""
+    state = state.model_copy(deep=True)
+    state.closed = True
+    state.outcome = "aborted"
+    state.failure = why
+    state.end = {**(state.end or {"exit_code": None, "signal": None}), "reason": "fold_failed"}
+    return state
 
 
 def close(state: RunState, at_us: int, reason: str, context: FoldContext) -> FoldResult:

@@ -31,6 +31,15 @@ class Keys:
     def trace_run(self, trace: str) -> str:  # STRING: the run id of a trace id (for `score TRACE_ID`)
         return f"{self.prefix}:trace:{trace}:run"
 
+    def seqs(self, run: str) -> str:  # HASH seq -> digest of the entry first filed under it
+        return f"{self.prefix}:run:{run}:seqs"
+
+    def conflicts(self, run: str) -> str:  # HASH "<seq>:<digest>" -> JSON of an entry filed again, different
+        return f"{self.prefix}:run:{run}:conflicts"
+
+    def faults(self, run: str) -> str:  # HASH fold/job -> failures in a row (expires): a run never loops
+        return f"{self.prefix}:run:{run}:faults"
+
     # across runs
     @property
     def reused(self) -> str:  # ZSET run id -> when a second run instance reused it

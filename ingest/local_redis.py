@@ -1,5 +1,9 @@
 """A redis-server of our own on 127.0.0.1, started and stopped by pid: the demo's embedded
-default, and the real server of the integration tests."""
+default, and the real server of the integration tests.
+
+Given users (`with_users`, see `ingest.acl`), it starts with ACLs on: those users, and the default
+user with every right behind a password (the one `url` and `client()` use).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from codex_langfuse.ingest.acl import User, url_for
 
 
 def free_port() -> int:
@@ -34,10 +40,33 @@ class LocalRedis:
         self.appendonly = appendonly
         self.dir = Path(tempfile.mkdtemp(prefix="cl-redis-"))
         self.proc: subprocess.Popen | None = None
+        self.users: list[User] = []
+        self.default_password: str | None = None
+
+    def with_users(self, users: list[User]) -> "LocalRedis":
+        """Start with ACLs on: these users, and the default user behind a password."""
+        self.users = list(users)
+        self.default_password = self.default_password or os.urandom(16).hex()
+        return self
 
     @property
     def url(self) -> str:
+        """As the default user (every right; with ACLs on, behind its password)."""
+        if self.default_password:
+            return self.url_as("default", self.default_password)
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_as(self, user: str, password: str) -> str:
+        return url_for(f"redis://127.0.0.1:{self.port}/0", user, password)
+
+    def _acl_file(self) -> Path:
+        path = self.dir / "users.acl"
+        # The default user keeps every right, behind a password: Redis replays the AOF's
+        # transactions as the default user and, without the fix of redis/redis#14541, silently
+        # drops them on restart when it may not run them (turning it off loses data).
+        lines = [f"user default on >{self.default_password} ~* &* +@all", *(user.acl_file_line() for user in self.users)]
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis.from_url(self.url, **kwargs)
@@ -49,11 +78,13 @@ class LocalRedis:
             "--maxmemory-policy", "noeviction", "--loglevel", "warning",
             "--appendonly", "yes" if self.appendonly else "no",
         ]
+        if self.users:
+            args += ["--aclfile", str(self._acl_file())]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
+                if redis.Redis.from_url(self.url, socket_timeout=0.2).ping():
                     return self
             except redis.RedisError:
                 time.sleep(0.02)

@@ -3,7 +3,8 @@
 For each selected letter: send what the ledger does not already hold (a span whose send a
 killed replay left in doubt is first looked up in Langfuse, as `delivery` does), record what was
 accepted in the ledger, and only then remove the letter — or keep it with what is still refused.
-Killed at any point and run again, it sends each observation once.
+Killed at any point and run again, it sends each observation once. Letters of entries that could
+not be folded (`fold_failed`) hold no spans: they are counted and kept.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ReplayReport:
     failed: int = 0  # items refused again (their letters are kept)
     not_attempted: int = 0  # items left because Langfuse was unreachable
     removed_letters: int = 0
+    unsendable: int = 0  # letters of entries that could not be folded (fold_failed): kept, never sent
     dry_run: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -56,7 +58,9 @@ def replay(ctx: WorkerContext, *, run_id: str | None = None, reason: str | None 
                                                newer_than=newer_than, limit=limit))
         report = ReplayReport(letters=len(letters), dry_run=dry_run)
         for index, letter in enumerate(letters, 1):
-            if dry_run:
+            if letter.kind == "entries":
+                report.unsendable += 1
+            elif dry_run:
                 keys = [(letter.trace_id, ledger_key(item)) for item in letter.items]
                 already = ctx.ledger.accepted(keys)
                 report.skipped += len(already)

@@ -430,12 +430,14 @@ def before_close(folder: Folder, at_us: int) -> None:
 
 
 def unknown(folder: Folder, entry: Entry, obj: dict[str, Any], name: str) -> None:
-    """A record type this version does not know: counted; the first few of each kept as events."""
+    """A record type this version does not know: counted; the first of each type kept as an event,
+    the others in the run's summary of what was not shown."""
     state = folder.state
     state.counters.unknown_events += 1
     kept = _ro(folder).setdefault("unknown_kept", [])
-    if name in kept or len(kept) >= MAX_KEPT_UNKNOWN:
-        return
-    kept.append(name)
-    folder.event(f"line/{entry.seq}", name, entry.ts, output=obj, metadata={"unknown_type": True, "seq": entry.seq})
+    show = name not in kept and len(kept) < MAX_KEPT_UNKNOWN
+    if show:
+        kept.append(name)
+    folder.problem(f"line/{entry.seq}", name, entry.ts, f"unknown record type {name!r}", output=obj,
+                   metadata={"unknown_type": True, "seq": entry.seq}, level=None, show=show)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import orjson
 import redis
@@ -27,8 +27,17 @@ from codex_langfuse.ingest.events import Usage
 from codex_langfuse.ingest.items import Span, is_score_slot, slot
 from codex_langfuse.ingest.state import RunState
 from codex_langfuse.ingest.keys import Keys
-from codex_langfuse.ingest.lease import RENEW
+from codex_langfuse.ingest.lease import RENEW, LeaseLost
 from codex_langfuse.producer.entries import trace_id
+
+@dataclass
+class Waiting:
+    """What a fold step takes from a run's books: entries in sequence from `next_seq` on, and
+    conflicts (entries filed again under a folded or filed sequence number, with other data)."""
+
+    entries: list[Entry] = field(default_factory=list)
+    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> sample
+
 
 @dataclass
 class DeliveryState:
@@ -93,13 +102,30 @@ _WAKE = _WAKE_FUNCTION + """
 return wake(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {unpack(ARGV, 4)})
 """
 
-# KEYS: active, backlog, woken, drain, then the log of each run key.  ARGV: now, drain ttl, number of
-# run keys, the run keys, then per entry: the number of its run key (1-based), its seq, its packed
-# form. Files the entries, then wakes their runs (only once all are filed).
+# KEYS: active, backlog, woken, drain, then the log of each run key, then the seqs of each.  ARGV:
+# now, drain ttl, number of run keys, the run keys, then per entry: the number of its run key
+# (1-based), its seq, its packed form, its digest. Files each entry whose digest is the first its
+# sequence number got, then wakes the runs (only once all are filed). Returns {1 when a job must be
+# queued, then per conflicting entry: its number (1-based), the digest its sequence number got first}.
 _FILE = _WAKE_FUNCTION + """
 local runs = tonumber(ARGV[3])
-for i = 4 + runs, #ARGV, 3 do
-  redis.call('hsetnx', KEYS[4 + tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+local answer = {0}
+local n = 0
+for i = 4 + runs, #ARGV, 4 do
+  n = n + 1
+  local r = tonumber(ARGV[i])
+  local seqs = KEYS[4 + runs + r]
+  if redis.call('hsetnx', seqs, ARGV[i + 1], ARGV[i + 3]) == 1 then
+    redis.call('hsetnx', KEYS[4 + r], ARGV[i + 1], ARGV[i + 2])
+  else
+    local first = redis.call('hget', seqs, ARGV[i + 1])
+    if first == ARGV[i + 3] then
+      redis.call('hsetnx', KEYS[4 + r], ARGV[i + 1], ARGV[i + 2])
+    else
+      answer[#answer + 1] = n
+      answer[#answer + 1] = first
+    end
+  end
 end
 local keys = {}
 for r = 1, runs do
@@ -107,7 +133,8 @@ for r = 1, runs do
   redis.call('zadd', KEYS[1], 'GT', ARGV[1], keys[r])
   redis.call('zadd', KEYS[2], 'NX', ARGV[1], keys[r])
 end
-return wake(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[1], keys)
+answer[1] = wake(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[1], keys)
+return answer
 """
 
 # KEYS: woken, drain.  ARGV: now, limit, job started (1/0).
@@ -118,23 +145,25 @@ if #runs > 0 then redis.call('zrem', KEYS[1], unpack(runs)) end
 return runs
 """
 
-# KEYS: lease, state, log, active.  ARGV: token, lease ms, run.
+# KEYS: lease, state, log, active, conflicts.  ARGV: token, lease ms, run.
 # The run's lease, and what its fold step starts from; nil when another worker holds it.
 _TAKE = """
 if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return {redis.call('get', KEYS[2]) or '', redis.call('hlen', KEYS[3]), redis.call('zscore', KEYS[4], ARGV[3]) or ''}
+return {redis.call('get', KEYS[2]) or '', redis.call('hlen', KEYS[3]), redis.call('zscore', KEYS[4], ARGV[3]) or '',
+        redis.call('hgetall', KEYS[5])}
 """
 
-# KEYS: lease, state, outbox, log, active, delivery, then one per Codex thread whose usage is kept.
+# KEYS: lease, state, outbox, log, active, delivery, conflicts, seqs, then one per Codex thread whose
+# usage is kept.
 # ARGV: token, lease ms, state JSON ('' when unchanged), closed (1/0), done ttl, thread ttl, run, number of outbox items,
-#       number of consumed entries, then (slot, value) per outbox item, the consumed seqs, and the
-#       usage JSON per thread key.
+#       number of consumed entries, number of shown conflicts, then (slot, value) per outbox item, the
+#       consumed seqs, the shown conflicts' names, and the usage JSON per thread key.
 # A fold step, written at once if the lease is still this worker's (and renewed); then the
 # outbox's slots and the delivery state, for the delivery that follows. nil: the lease was lost.
 _COMMIT = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return false end
 if ARGV[3] ~= '' then redis.call('set', KEYS[2], ARGV[3]) end
-local i = 10
+local i = 11
 for _ = 1, tonumber(ARGV[8]) do
   redis.call('hset', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -143,13 +172,18 @@ for _ = 1, tonumber(ARGV[9]) do
   redis.call('hdel', KEYS[4], ARGV[i])
   i = i + 1
 end
-for k = 7, #KEYS do
+for _ = 1, tonumber(ARGV[10]) do
+  redis.call('hdel', KEYS[7], ARGV[i])
+  i = i + 1
+end
+for k = 9, #KEYS do
   redis.call('set', KEYS[k], ARGV[i], 'EX', ARGV[6])
   i = i + 1
 end
 if ARGV[3] ~= '' and ARGV[4] == '1' then
   redis.call('zrem', KEYS[5], ARGV[7])
   redis.call('expire', KEYS[2], ARGV[5])
+  redis.call('expire', KEYS[8], ARGV[5])
 end
 redis.call('pexpire', KEYS[1], ARGV[2])
 return {redis.call('hkeys', KEYS[3]), redis.call('hgetall', KEYS[6])}
@@ -169,6 +203,11 @@ return {0, outbox}
 """
 
 
+class Filed(NamedTuple):
+    job_needed: bool  # some woken run is due and no job is queued for them: queue one (`wake`)
+    conflicts: int  # entries filed again under a sequence number with other data, kept aside
+
+
 @dataclass
 class Taken:
     """A run whose lease this worker holds, with what its next fold step starts from."""
@@ -179,6 +218,9 @@ class Taken:
     filed: int  # entries in its log
     last_activity: float | None
     entries: list[Entry] = field(default_factory=list)  # from state.next_seq on, up to the first missing
+    # entries filed again under a sequence number with other data: name -> sample, to be shown
+    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    broken: Exception | None = None  # its books could not be read (the state is not a state)
 
 
 @dataclass
@@ -192,6 +234,8 @@ class Step:
     scores: list[dict[str, Any]] = field(default_factory=list)
     consumed: list[int] = field(default_factory=list)
     thread_totals: dict[str, Usage] = field(default_factory=dict)
+    shown: list[str] = field(default_factory=list)  # conflicts now in the trace
+    retry_at: float | None = None  # the fold raised: tried again then, not woken before
 
 
 @dataclass
@@ -232,16 +276,34 @@ class RunStore:
         reused = {entry.run for entry, key in zip(entries, keys) if key != entry.run}
         return keys, reused
 
-    def file(self, entries: list[Entry], keys: list[str], now: float, ttl: int = 60) -> bool:
+    def file(self, entries: list[Entry], keys: list[str], now: float, ttl: int = 60) -> Filed:
         """File each entry under its run key (idempotent: a redelivered entry changes nothing) and
-        wake the runs: one round trip. True when a job must be queued for them (`wake`)."""
+        wake the runs: one round trip.
+
+        The first entry that reaches a run key's sequence number is the one folded: its digest is
+        kept (`seqs`), and an entry that comes later under that number with other data is not
+        filed but kept aside as a conflict, to be shown (`conflicts`; written in a second round
+        trip, which only a conflict costs)."""
         runs = list(dict.fromkeys(keys))
         index = {run: i for i, run in enumerate(runs, 1)}
+        digests = [entry.digest() for entry in entries]
         args: list[Any] = [now, ttl, len(runs), *runs]
-        for entry, key in zip(entries, keys):
-            args += (index[key], entry.seq, entry.pack())
-        return bool(self.redis.eval(_FILE, 4 + len(runs), self.keys.active, self.keys.backlog, self.keys.woken,
-                                    self.keys.drain, *(self.keys.log(run) for run in runs), *args))
+        for entry, key, digest in zip(entries, keys, digests):
+            args += (index[key], entry.seq, entry.pack(), digest)
+        k = self.keys
+        answer = self.redis.eval(_FILE, 4 + 2 * len(runs), k.active, k.backlog, k.woken, k.drain,
+                                 *(k.log(run) for run in runs), *(k.seqs(run) for run in runs), *args)
+        queue, conflicted = bool(answer[0]), list(zip(answer[1::2], answer[2::2]))
+        if conflicted:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for number, first in conflicted:
+                    entry, key, digest = entries[number - 1], keys[number - 1], digests[number - 1]
+                    sample = {**entry.model_dump(exclude_none=True), "digest": digest, "first_digest": first.decode()}
+                    pipe.hsetnx(k.conflicts(key), f"{entry.seq}:{digest}", orjson.dumps(sample))
+                pipe.execute()
+            # A run may have been folded before its conflict was written: woken again to show it.
+            queue = self.wake([keys[number - 1] for number, _ in conflicted], now, now, ttl) or queue
+        return Filed(queue, len(conflicted))
 
     def note_reused(self, runs: Iterable[str], now: float) -> int:
         """Record run ids a second instance reused; returns how many were new to the record."""
@@ -282,15 +344,21 @@ class RunStore:
         with self.redis.pipeline(transaction=False) as pipe:
             for run in runs:
                 k = self.keys
-                pipe.eval(_TAKE, 4, k.lease(run), k.state(run), k.log(run), k.active, tokens[run], self.lease_ms, run)
+                pipe.eval(_TAKE, 5, k.lease(run), k.state(run), k.log(run), k.active, k.conflicts(run), tokens[run],
+                          self.lease_ms, run)
             answers = pipe.execute()
         taken = []
         for run, answer in zip(runs, answers):
             if answer:  # else another worker holds it
-                raw, filed, active = answer
-                taken.append(Taken(run, tokens[run], RunState.model_validate_json(raw) if raw else None, filed,
-                                   float(active) if active else None))
-        wanted = [(t, min(t.filed, limit)) for t in taken if t.filed]
+                raw, filed, active, conflicts = answer
+                t = Taken(run, tokens[run], None, filed, float(active) if active else None)
+                try:
+                    t.state = RunState.model_validate_json(raw) if raw else None
+                    t.conflicts = {name.decode(): orjson.loads(sample) for name, sample in sorted(_pairs(conflicts).items())}
+                except ValueError as exc:  # written by someone else: the job's fault handling sets it aside
+                    t.broken = exc
+                taken.append(t)
+        wanted = [(t, min(t.filed, limit)) for t in taken if t.filed and t.broken is None]
         if wanted:
             with self.redis.pipeline(transaction=False) as pipe:
                 for t, count in wanted:
@@ -304,16 +372,22 @@ class RunStore:
                         t.entries.append(Entry.unpack(t.run, seq, value))
         return taken
 
-    def commit(self, steps: list[Step]) -> dict[str, Committed | None]:
+    def commit(self, steps: list[Step]) -> dict[str, Committed | None | redis.ResponseError]:
         """Write each step at once, if its run's lease is still this worker's, and renew the lease
-        (None for a run whose lease was lost: nothing of its step was written). One round trip."""
+        (None for a run whose lease was lost: nothing of its step was written; the error for a run
+        whose books Redis refused, a key of another type: the other runs' steps are written).
+        One round trip."""
         if not steps:
             return {}
         with self.redis.pipeline(transaction=False) as pipe:
             for step in steps:
                 self._commit(pipe, step)
-            answers = pipe.execute()
-        return {step.run: Committed([s.decode() for s in answer[0]], DeliveryState.from_hash(_pairs(answer[1])))
+            answers = pipe.execute(raise_on_error=False)
+        for answer in answers:
+            if isinstance(answer, redis.RedisError) and not isinstance(answer, redis.ResponseError):
+                raise answer
+        return {step.run: answer if isinstance(answer, redis.ResponseError) else
+                Committed([s.decode() for s in answer[0]], DeliveryState.from_hash(_pairs(answer[1])))
                 if answer else None for step, answer in zip(steps, answers)}
 
     def _commit(self, pipe: Any, step: Step) -> None:
@@ -323,13 +397,15 @@ class RunStore:
         threads = list(step.thread_totals.items())
         args: list[Any] = [step.token, self.lease_ms, state.model_dump_json() if state else "",
                            1 if state and state.closed else 0,
-                           self.done_ttl, self.thread_ttl, run, len(outbox), len(step.consumed)]
+                           self.done_ttl, self.thread_ttl, run, len(outbox), len(step.consumed), len(step.shown)]
         for pair in outbox:
             args += pair
         args += step.consumed
+        args += step.shown
         args += [usage.model_dump_json() for _, usage in threads]
-        pipe.eval(_COMMIT, 6 + len(threads), k.lease(run), k.state(run), k.outbox(run), k.log(run), k.active,
-                  k.delivery(run), *(k.thread_usage(thread) for thread, _ in threads), *args)
+        pipe.eval(_COMMIT, 8 + len(threads), k.lease(run), k.state(run), k.outbox(run), k.log(run), k.active,
+                  k.delivery(run), k.conflicts(run), k.seqs(run), *(k.thread_usage(thread) for thread, _ in threads),
+                  *args)
 
     def finish(self, pipe: Any, run: str, token: str, next_seq: int, closed: bool) -> None:
         """Let a run go (in `pipe`; its answer: [1 when its next entry waits, items left in its outbox])."""
@@ -366,6 +442,56 @@ class RunStore:
         if outbox:
             pipe.hset(self.keys.outbox(run), mapping=outbox)
 
+    def guarded(self, run: str, token: str, write: Callable[[Any], None]) -> None:
+        """`write` in a transaction, if the run's lease is still `token` (else `LeaseLost`)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.lease(run))
+            if pipe.get(self.keys.lease(run)) != token.encode():
+                raise LeaseLost(run)
+            pipe.multi()
+            write(pipe)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise LeaseLost(run) from None
+
+    # ---- faults: a run whose job keeps failing is set aside, never retried forever ----
+
+    def count_fault(self, run: str, what: str, ttl: int = 3600) -> int:
+        """One more failure of `what` ("fold", "job") in a row; returns how many so far."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self.keys.faults(run), what, 1)
+            pipe.expire(self.keys.faults(run), ttl)
+            return int(pipe.execute()[0])
+
+    def clear_faults(self, run: str, what: str) -> None:
+        self.redis.hdel(self.keys.faults(run), what)
+
+    def set_aside(self, run: str, letters: Callable[[list[dict[str, Any]]], Callable[[Any], None]]) -> None:
+        """Stop working on a run: what is filed and not folded is handed to `letters` (which
+        returns what to add to the transaction: the dead letters holding it), then the run leaves
+        the open runs, the backlog, the woken runs and the retries, all in one transaction."""
+        while True:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.watch(self.keys.log(run))
+                items = []
+                for seq, value in sorted((int(k), v) for k, v in pipe.hgetall(self.keys.log(run)).items()):
+                    try:
+                        items.append(Entry.unpack(run, seq, value).model_dump())
+                    except (ValueError, KeyError, TypeError):
+                        items.append({"run": run, "seq": seq, "raw": value.decode("utf-8", "replace")})
+                pipe.multi()
+                letters(items)(pipe)
+                pipe.delete(self.keys.log(run), self.keys.outbox(run), self.keys.conflicts(run),
+                            self.keys.delivery(run), self.keys.faults(run))
+                for books in (self.keys.active, self.keys.backlog, self.keys.woken, self.keys.retrying):
+                    pipe.zrem(books, run)
+                try:
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # an entry was filed meanwhile: take it too
+
     # ---- delivery ----
 
     def outbox(self, run: str, trace_id: str, slots: Iterable[str] | None = None
@@ -386,6 +512,9 @@ class RunStore:
             else:
                 spans.append(Span(key, trace_id, value))
         return spans, scores
+
+    def raw_outbox(self, run: str) -> dict[str, str]:
+        return {k.decode(): v.decode("utf-8", "replace") for k, v in self.redis.hgetall(self.keys.outbox(run)).items()}
 
     def renew(self, leases: dict[str, str]) -> set[str]:
         """Renew the leases of these runs (run -> token); returns the runs whose lease was lost."""

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     gap_timeout: Seconds = 120.0
     fold_batch: int = 5000
     done_ttl: WholeSeconds = 7 * 86400
+    # Caps per run: invalid, unknown or conflicting entries shown one by one (the rest counted and
+    # sampled in one summary event), and observations sent (the rest summarised likewise)
+    max_problem_events: int = Field(100, ge=0)
+    max_observations: int = Field(10_000, ge=0)
     trace_name: str = "codex exec"
     environment: str | None = Field(
         None, validation_alias=AliasChoices(f"{ENV_PREFIX}ENVIRONMENT", "LANGFUSE_TRACING_ENVIRONMENT")

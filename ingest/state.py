@@ -34,6 +34,10 @@ class FoldContext:
     environment: str | None = None
     release: str | None = None  # the worker's LANGFUSE_RELEASE: a run's own release wins, then this
     max_output_chars: int = 8000
+    # Caps per run: invalid or unknown entries shown one by one, observations sent; past them a
+    # count and samples in one summary event at the close.
+    max_problem_events: int = 100
+    max_observations: int = 10_000
 
 
 class OpenItem(BaseModel):
@@ -63,6 +67,17 @@ class Counters(BaseModel):
     truncated_lines: int = 0
     late_entries: int = 0
     lost_entries: int = 0
+    invalid_entries: int = 0  # start/meta/score/end whose data did not fit (fields dropped or entry unused)
+    duplicate_entries: int = 0  # a sequence number that arrived again with different data
+    unfoldable_entries: int = 0  # folding raised: set aside as a `fold_failed` dead letter
+
+
+class Suppressed(BaseModel):
+    """What went past a cap: how many, by kind, and the first few."""
+
+    count: int = 0
+    by_kind: dict[str, int] = {}
+    samples: list[Any] = []
 
 
 class RunState(BaseModel):
@@ -97,6 +112,10 @@ class RunState(BaseModel):
     files: list[str] = []
     end: dict[str, Any] | None = None
     closed: bool = False
+    problem_events: int = 0  # invalid or unknown entries shown as events so far
+    hidden_problems: Suppressed = Suppressed()
+    observations: int = 0  # sent so far (the root and the summaries not counted)
+    hidden_observations: Suppressed = Suppressed()
     gap_since: float | None = None  # worker clock: when the next entry was first found missing
     skipped: list[tuple[int, int]] = []  # seq ranges given up as lost: if they come, they are late
     spans: int = 0  # spans the run made so far (for the line logged when it is delivered)
@@ -157,6 +176,9 @@ class Folder(Protocol):
     def release_error(self, fatal: bool = False) -> None: ...
 
     def unknown(self, entry: Entry, obj: dict[str, Any], name: str) -> None: ...
+
+    def problem(self, key: str, kind: str, at_us: int, message: str, output: Any = None,
+                metadata: dict[str, Any] | None = None, level: str | None = "WARNING", show: bool = True) -> None: ...
 
     def remember_thread_total(self, thread: str, usage: Usage) -> None: ...
 

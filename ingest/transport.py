@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,7 +327,12 @@ def _json_body(response: httpx.Response) -> Any:
 
 class SinkTransport:
     """Writes what would be sent to Langfuse as JSON files: `<dir>/<trace id>/<span id>.json`
-    and `<dir>/<trace id>/scores/<name>.json`. Writing a file twice replaces it."""
+    and `<dir>/<trace id>/scores/<name>.json`. Writing a file twice replaces it.
+
+    Names never become paths unchecked: trace and span ids must be the hex Langfuse takes, and a
+    score's name (anyone's text) becomes a file name only through `file_name` (plain names as they
+    are; anything else cut to safe characters plus a hash of the whole). Every path is checked to
+    lie inside the directory before anything is created."""
 
     one_score_per_request = False
 
@@ -346,6 +353,14 @@ class SinkTransport:
                                 transient=False, reason="sink_unwritable") from exc
         return "writable"
 
+    def _inside(self, *parts: str) -> Path:
+        root = self.directory.resolve()
+        path = root.joinpath(*parts)
+        if path.resolve() != path or not path.is_relative_to(root):  # a part that climbs, or a link out
+            raise DeliveryError(f"refused to write outside the sink: {'/'.join(parts)[:200]!r}", transient=False,
+                                reason=REJECTED)
+        return path
+
     def _write(self, path: Path, payload: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -353,25 +368,51 @@ class SinkTransport:
         os.replace(tmp, path)
 
     def export(self, spans: list[Span]) -> None:
-        try:
-            for span in spans:
-                self._write(self.directory / span.trace_id / f"{span.span_id}.json", span.decode())
-        except OSError as exc:
-            raise DeliveryError(f"cannot write the sink: {exc}", transient=True) from exc
+        for span in spans:
+            path = self._inside(_hex_id(span.trace_id, 32, "traceId"), f"{_hex_id(span.span_id, 16, 'spanId')}.json")
+            try:
+                self._write(path, span.decode())
+            except OSError as exc:
+                raise DeliveryError(f"cannot write the sink: {exc}", transient=True) from exc
 
     def post_scores(self, scores: list[dict[str, Any]]) -> ScoreOutcome:
-        try:
-            for score in scores:
-                # a run in a caller's trace scores its root observation: runs sharing a trace differ there
-                name = f"{score['observationId']}-{score['name']}" if score.get("observationId") else score["name"]
-                self._write(self.directory / score["traceId"] / "scores" / f"{name}.json", score)
-        except OSError as exc:
-            raise DeliveryError(f"cannot write the sink: {exc}", transient=True) from exc
+        for score in scores:
+            # a run in a caller's trace scores its root observation: runs sharing a trace differ there
+            name = str(score.get("name", ""))
+            if score.get("observationId"):
+                name = f"{score['observationId']}-{name}"
+            path = self._inside(_hex_id(score.get("traceId"), 32, "traceId"), "scores", f"{file_name(name)}.json")
+            try:
+                self._write(path, score)
+            except OSError as exc:
+                raise DeliveryError(f"cannot write the sink: {exc}", transient=True) from exc
         return ScoreOutcome(accepted=len(scores), errors=[])
 
     def existing_span_ids(self, trace_id: str) -> Presence:
-        folder = self.directory / trace_id
+        folder = self._inside(_hex_id(trace_id, 32, "traceId"))
         return Presence({p.stem for p in folder.glob("*.json")} if folder.is_dir() else set())
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def file_name(name: str) -> str:
+    """A file name for any text: itself when plain (letters, digits, `_.-`, at most 100, not
+    starting with a dot), else its safe characters (at most 64) and 16 hex of its SHA-256, so two
+    names never share a file and none can leave the folder."""
+    if _PLAIN_NAME.fullmatch(name):
+        return name
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64].lstrip(".")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{safe}-{digest}" if safe else digest
+
+
+def _hex_id(value: Any, length: int, field: str) -> str:
+    if not isinstance(value, str) or len(value) != length or not _HEX.fullmatch(value):
+        raise DeliveryError(f"{field} is not {length} lowercase hex characters: {str(value)[:80]!r}",
+                            transient=False, reason=REJECTED)
+    return value
 
 
 def make_transport(settings: Any) -> Transport:

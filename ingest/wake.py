@@ -23,6 +23,7 @@ from codex_langfuse.ingest.runs import RunStore
 # The function a worker runs (see `ingest.job`); `process_run` (one run) is what jobs queued by
 # earlier versions name.
 PROCESS_WOKEN = "codex_langfuse.ingest.job.process_woken"
+PROCESS_RUN = "codex_langfuse.ingest.job.process_run"
 JOB_OPTIONS: dict[str, Any] = {"retry": JOB_RETRY, "result_ttl": 300, "failure_ttl": 7 * 86400}
 
 

@@ -4,7 +4,7 @@ Tuned so a dead worker's job is taken over in about a minute and a half, not a q
 hour: RQ requeues an abandoned job (one enqueued with `Retry`) once the worker's heartbeat
 expired (worker_ttl, with RQ's own 60 s floor on the job heartbeat) and another worker on the
 queue ran its maintenance pass. The scheduler runs in every worker: delivery retries are
-scheduled jobs.
+scheduled jobs. Workers run only their own job function (`ingest.own_jobs`).
 
 At start it refuses to run without a chosen destination (`NoDestination`) or when Langfuse
 refuses its keys or is not at its URL (`DestinationRefused`), instead of dead-lettering run after
@@ -24,13 +24,14 @@ import time
 import uuid
 
 import redis
-from rq import SimpleWorker, Worker
+from rq import Worker
 from rq.serializers import JSONSerializer
 from rq.worker_registration import unregister
 
 from codex_langfuse.ingest import connections, metrics
 from codex_langfuse.ingest.context import WorkerContext, use_context
 from codex_langfuse.ingest.registry import Heartbeat, Registry, describe
+from codex_langfuse.ingest.own_jobs import OwnJob, OwnJobsSimpleWorker, OwnJobsWorker
 from codex_langfuse.ingest.settings import Settings
 from codex_langfuse.ingest.transport import DeliveryError, Transport, make_transport
 
@@ -43,12 +44,13 @@ class DestinationRefused(Exception):
 
 def make_worker(settings: Settings, name: str | None = None, connection: redis.Redis | None = None) -> Worker:
     connection = connection or connections.redis_client(settings)
-    worker_class = Worker if settings.worker_class == "forking" else SimpleWorker
+    worker_class = OwnJobsWorker if settings.worker_class == "forking" else OwnJobsSimpleWorker
     return worker_class(
         [connections.queue(settings, connection)],
         name=name,
         connection=connection,
         serializer=JSONSerializer,
+        job_class=OwnJob,
         worker_ttl=settings.worker_ttl,
         job_monitoring_interval=settings.job_monitoring_interval,
         maintenance_interval=settings.maintenance_interval,

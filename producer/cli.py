@@ -70,6 +70,7 @@ INGEST_COMMANDS = {
     "demo": "end to end on a recorded Codex run, with a Redis of its own",
     "doctor": "check Redis, Langfuse, the spool and the clock; say what to fix",
     "verify": "compare Codex's session history with what Langfuse holds; re-send what is missing",
+    "acl": "the Redis users: runners may only append to the stream (ACL SETUSER rules)",
 }
 
 STDIN_PROMPT_LIMIT = 64 * 1024

@@ -165,8 +165,10 @@ def test_score_takes_a_run_id_or_its_trace_id_and_refuses_an_unknown_run(stack):
 
 
 @pytest.mark.integration
-def test_doctor_says_what_to_fix(stack):
-    answer = command("doctor", env=stack.env)
+def test_doctor_says_what_to_fix(stack, redis_server):
+    # a Redis as it comes (no users, no persistence): the stack's own runs with the users of `acl`
+    plain = {**stack.env, "REDIS_URL": redis_server.url}
+    answer = command("doctor", env=plain)
     assert answer.returncode == 1, answer.stdout + answer.stderr
     out = answer.stdout
     assert "ok      redis        Redis 7." in out
@@ -178,9 +180,20 @@ def test_doctor_says_what_to_fix(stack):
             f"server 4.16.0-test-receiver") in out
     assert "ok      spool" in out
 
-    stack.redis.config_set("appendonly", "yes")
-    wrong = command("doctor", env={**stack.env, "LANGFUSE_SECRET_KEY": "sk-lf-wrong"})
+    redis_server.client().config_set("appendonly", "yes")
+    wrong = command("doctor", env={**plain, "LANGFUSE_SECRET_KEY": "sk-lf-wrong"})
     assert "ok      redis        persistence: appendonly yes" in wrong.stdout
     assert "PROBLEM langfuse     Langfuse at" in wrong.stdout and "HTTP 401: Invalid credentials" in wrong.stdout
     assert "fix: check LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY and LANGFUSE_BASE_URL" in wrong.stdout
     assert "Traceback" not in wrong.stderr
+
+
+@pytest.mark.integration
+def test_doctor_as_the_back_end_user_says_what_it_cannot_read(stack):
+    """With the users of `codex-langfuse acl` the back end may not read Redis's configuration or
+    ACLs (CONFIG GET would show secrets): doctor says so, and finds no problem it cannot see."""
+    answer = command("doctor", env=stack.env)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert "cannot read its configuration (this user has no permissions to run the 'config|get' command)" \
+        in answer.stdout
+    assert "cannot read its ACLs" in answer.stdout and "ok      clock        within" in answer.stdout

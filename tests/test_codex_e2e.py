@@ -84,9 +84,9 @@ def new_run_id(label: str) -> str:
 
 
 def bridge_env(pipeline: Stack) -> dict[str, str]:
-    """What `codex-langfuse run` needs besides the sandbox's environment: where Redis is, and this
-    checkout on PYTHONPATH (the bridge runs the code under test)."""
-    return {key: value for key, value in pipeline.env.items()
+    """What `codex-langfuse run` needs besides the sandbox's environment: where Redis is (as the
+    runner user), and this checkout on PYTHONPATH (the bridge runs the code under test)."""
+    return {key: value for key, value in pipeline.runner_env.items()
             if key in ("REDIS_URL", "PYTHONPATH") or key.startswith("CODEX_LANGFUSE_")}
 
 

@@ -1228,10 +1228,19 @@ def test_score_after_the_end_still_becomes_a_score():
     assert late.scores[0].id == f"{TRACE}-human_review"
 
 
-def test_invalid_scores_are_counted_not_sent():
-    result, _ = with_scores(F_MCP, [{"value": 1}, {"name": "x"}, {"name": "n", "value": "high", "data_type": "NUMERIC"}])
+def test_invalid_scores_are_counted_and_shown_not_sent():
+    result, _ = with_scores(F_MCP, [{"value": 1}, {"name": "x"}, {"name": "n", "value": "high", "data_type": "NUMERIC"},
+                                    {"name": "big", "value": 10**400}])
     assert {s.name for s in result.scores} == {"success", "failed_commands", "files_changed", "errors"}
-    assert root_of(result).metadata["counters"]["invalid_lines"] == 3
+    assert root_of(result).metadata["counters"]["invalid_entries"] == 4
+    shown = [o for o in result.observations if o.name == "invalid_entry"]
+    assert all(o.level == "WARNING" and o.type == "event" for o in shown)
+    assert [o.status_message for o in shown] == [
+        "score entry: name: Field required",
+        "score entry: value: Field required",
+        "score entry: value: 'high' is not a number (NUMERIC)",
+        "score entry: value: the number '10000000000000000000000… is not finite or beyond ±2^53",
+    ]
 
 
 # ---- trace attributes and meta --------------------------------------------------------------------

@@ -64,7 +64,8 @@ def test_import_then_live_counts_the_turn_once(stack, tmp_path, codex_current):
     stack.start("dispatch")
     stack.start("worker")
     # The live capture's entries are held back (as if they sat in a spool) on another stream.
-    held_env = SimpleNamespace(env={**stack.env, "CODEX_LANGFUSE_STREAM": HELD})
+    # (as the back-end user: the runner user may append to the pipeline's stream only)
+    held_env = SimpleNamespace(runner_env={**stack.env, "CODEX_LANGFUSE_STREAM": HELD})
     played = play(codex_current, "command_ok", tmp_path / "codex", pipeline=held_env)
     [live] = played.run_ids
     assert stack.redis.xlen(HELD) > 0

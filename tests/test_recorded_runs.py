@@ -344,7 +344,7 @@ def new_run_id(label: str) -> str:
 def tee(pipeline: Stack, run_id: str, data: bytes, *options: str) -> None:
     """`codex-langfuse tee` as a process: stdout must be stdin, byte for byte, and the exit code 0."""
     completed = subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", "tee", "--run-id", run_id, *options],
-                               input=data, env=pipeline.env, cwd=REPO, capture_output=True, timeout=SETTLE_GUARD)
+                               input=data, env=pipeline.runner_env, cwd=REPO, capture_output=True, timeout=SETTLE_GUARD)
     assert completed.returncode == 0, completed.stderr.decode(errors="replace")
     assert completed.stdout == data
 

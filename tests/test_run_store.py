@@ -67,11 +67,35 @@ def test_the_longest_waiting_runs_are_popped_first_and_no_more_than_asked(store)
 
 def test_filing_is_idempotent_and_wakes_the_runs_once_all_are_filed(store):
     entries = [entry("a", 0), entry("a", 1), entry("b", 0)]
-    assert store.file(entries, ["a", "a", "b"], NOW) is True
-    assert store.file(entries, ["a", "a", "b"], NOW) is False  # filed again: nothing changes, a job is queued
+    assert store.file(entries, ["a", "a", "b"], NOW) == (True, 0)
+    assert store.file(entries, ["a", "a", "b"], NOW) == (False, 0)  # filed again: nothing changes, a job is queued
     assert store.redis.hlen(KEYS.log("a")) == 2 and store.redis.hlen(KEYS.log("b")) == 1
     assert store.pop_woken(10, NOW) == ["a", "b"]
     assert {m.decode() for m in store.redis.zrange(KEYS.backlog, 0, -1)} == {"a", "b"}
+
+
+def test_an_entry_filed_again_with_other_data_is_kept_aside_shown_once_and_never_folded(store):
+    first, other = entry("a", 0), entry("a", 0, data='{"x": 1}')
+    store.file([first], ["a"], NOW)
+    store.pop_woken(10, NOW)
+    assert store.file([other, entry("a", 1)], ["a", "a"], NOW).conflicts == 1
+    assert store.file([other], ["a"], NOW).conflicts == 1  # redelivered: kept aside under the same name
+    assert Entry.unpack("a", 0, store.redis.hget(KEYS.log("a"), "0")) == first
+    assert store.pop_woken(10, NOW) == ["a"]  # woken to show it
+    (taken,) = store.take(["a"], 100)
+    [(name, sample)] = taken.conflicts.items()
+    assert name == f"0:{other.digest()}" and sample["data"] == other.data
+    assert sample["first_digest"] == first.digest() != other.digest()
+    store.commit([Step("a", taken.token, RunState(run_id="a", next_seq=2), [], [], [0, 1], shown=[name])])
+    assert not store.redis.exists(KEYS.conflicts("a"))
+
+
+def test_the_digest_leaves_out_who_sent_a_start_and_nothing_else(store):
+    start = entry("a", 0, kind="start", data='{"producer": "host-1", "model": "m"}')
+    assert start.digest() == entry("a", 0, kind="start", data='{"model": "m", "producer": "host-2"}').digest()
+    assert start.digest() != entry("a", 0, kind="start", data='{"model": "n", "producer": "host-1"}').digest()
+    assert entry("a", 0).digest() != entry("a", 0, kind="meta").digest()
+    assert entry("a", 0).digest() != Entry(run="a", seq=0, ts=1_790_000_000_000_001, kind="line", data="{}").digest()
 
 
 def test_a_batch_that_cannot_be_filed_wakes_nothing_and_leaves_no_job_flag(store):
@@ -80,7 +104,7 @@ def test_a_batch_that_cannot_be_filed_wakes_nothing_and_leaves_no_job_flag(store
     with pytest.raises(redis.ResponseError):
         store.file([entry("cursed", 0), entry("blessed", 0)], ["cursed", "blessed"], NOW)
     assert not store.redis.exists(KEYS.drain) and store.pop_woken(10, NOW) == []
-    assert store.file([entry("blessed", 0)], ["blessed"], NOW) is True
+    assert store.file([entry("blessed", 0)], ["blessed"], NOW).job_needed is True
 
 
 # ---- taking, committing, letting go ----

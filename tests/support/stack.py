@@ -1,12 +1,18 @@
 """A whole pipeline on 127.0.0.1 for integration tests: a real redis-server, a strict Langfuse
 receiver of a chosen server profile (`latest`, `v4.16`, `v3`), dispatchers and workers as separate
 processes (`codex-langfuse dispatch|worker`), started and stopped by pid. Timings are compressed
-through settings, never asserted."""
+through settings, never asserted.
+
+Redis runs with ACLs on, as in production (`codex-langfuse acl`): the runner side (`run`, `tee`,
+`import`, `follow`, `feed`, `xadd`) connects as the runner user, which may only append to the
+stream; the back end (`env`, `settings()`, the other commands of `cli`) as the back-end user;
+`redis` is an admin client for the tests' own looks."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 import redis
 
+from codex_langfuse.ingest import acl
 from codex_langfuse.ingest.keys import Keys
 from codex_langfuse.ingest.settings import Settings
 from tests.support.langfuse_receiver import LangfuseReceiver
@@ -25,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 # What child processes import from: this checkout's tests, and the package wherever the caller has
 # it (an installed sdist's tests run against the installed package, not a checkout's).
 PYTHONPATH = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+RUNNER, BACKEND = "runner", "backend"  # the Redis users (ingest/acl.py)
+RUNNER_COMMANDS = ("run", "tee", "import", "follow")  # the producer's commands
 
 # Compressed timings for tests: leases, sweeps and retries in seconds, not minutes.
 FAST = {
@@ -47,13 +56,19 @@ class Stack:
                  redis_server: RedisServer | None = None, **overrides: Any):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.redis_server = (redis_server or RedisServer()).start()
+        tuned = {**FAST, **{f"CODEX_LANGFUSE_{k.upper()}": str(v) for k, v in overrides.items()}}
+        named = Settings(**{k.removeprefix("CODEX_LANGFUSE_").lower(): v for k, v in tuned.items()
+                            if k.removeprefix("CODEX_LANGFUSE_").lower() in ("stream", "key_prefix")})
+        self.passwords = {RUNNER: secrets.token_hex(12), BACKEND: secrets.token_hex(12)}
+        self.redis_server = (redis_server or RedisServer()).with_users(
+            [acl.runner(named, RUNNER, self.passwords[RUNNER]), acl.backend(named, BACKEND, self.passwords[BACKEND])]
+        ).start()
         self.receiver = receiver or LangfuseReceiver(profile=profile).start()
         self.profile = self.receiver.profile.name
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_LANGFUSE_", "LANGFUSE_"))},
             **FAST,
-            "REDIS_URL": self.redis_server.url,
+            "REDIS_URL": self.redis_server.url_as(BACKEND, self.passwords[BACKEND]),
             "LANGFUSE_PUBLIC_KEY": self.receiver.public_key,
             "LANGFUSE_SECRET_KEY": self.receiver.secret_key,
             "LANGFUSE_BASE_URL": self.receiver.base_url,
@@ -62,6 +77,8 @@ class Stack:
             "PYTHONPATH": PYTHONPATH,
             **{f"CODEX_LANGFUSE_{k.upper()}": str(v) for k, v in overrides.items()},
         }
+        # what `run`, `tee` and the producer see: the runner user
+        self.runner_env = {**self.env, "REDIS_URL": self.redis_server.url_as(RUNNER, self.passwords[RUNNER])}
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
 
@@ -79,7 +96,13 @@ class Stack:
 
     @property
     def redis(self) -> redis.Redis:
+        """An admin client: for the tests' own looks and faults."""
         return self.redis_server.client()
+
+    @property
+    def runner_redis(self) -> redis.Redis:
+        """A client as the runner user."""
+        return redis.Redis.from_url(self.runner_env["REDIS_URL"])
 
     @property
     def keys(self) -> Keys:
@@ -95,8 +118,8 @@ class Stack:
         if role == "worker":
             command += ["--name", name]
         with open(log, "ab") as out:
-            process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=REPO, start_new_session=True)
+            process = subprocess.Popen(command, env=self.runner_env if role in RUNNER_COMMANDS else self.env,
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         self.processes[name] = process
         return process
 
@@ -115,7 +138,9 @@ class Stack:
                 process.wait(5)
 
     def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", *args], env=self.env, cwd=REPO,
+        """`codex-langfuse ARGS`: `run` and `tee` as a runner, everything else as the back end."""
+        env = self.runner_env if args and args[0] in RUNNER_COMMANDS else self.env
+        return subprocess.run([sys.executable, "-m", "codex_langfuse.producer.cli", *args], env=env, cwd=REPO,
                               input=stdin, capture_output=True, timeout=timeout)
 
     def log_text(self, name: str) -> str:
@@ -132,7 +157,8 @@ class Stack:
 
     def feed(self, run_id: str, lines: Iterable[bytes], *, meta: dict[str, Any] | None = None,
              exit_code: int | None = 0, ts0: int | None = None, inst: str | None = None) -> int:
-        """Write a run straight onto the stream, as a producer would (entry format of README)."""
+        """Write a run straight onto the stream as a producer would (entry format of README), as
+        the runner user."""
         entries = self.entries(run_id, lines, meta=meta, exit_code=exit_code, ts0=ts0, inst=inst)
         self.xadd(entries)
         return len(entries)
@@ -148,8 +174,9 @@ class Stack:
                  **({"inst": inst} if inst else {})} for seq, (kind, payload) in enumerate(data)]
 
     def xadd(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Entries onto the stream, as the runner user."""
         stream = self.settings().stream
-        with self.redis.pipeline(transaction=False) as pipe:
+        with self.runner_redis.pipeline(transaction=False) as pipe:
             for fields in entries:
                 pipe.xadd(stream, fields)
             pipe.execute()

@@ -213,7 +213,10 @@ def _keep_first(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Codex >= 0.98 prints web_search items with "id" twice ({"id":"item_5",...,"id":"ws_..."});
     # json.loads would keep the second and break started/completed pairing. Keep the first and
     # keep the later ones aside, so nothing the line said is lost.
-    obj: dict[str, Any] = {}
+    obj: dict[str, Any] = dict(pairs)
+    if len(obj) == len(pairs):  # no key twice (nearly always): built at C speed
+        return obj
+    obj = {}
     duplicates: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:

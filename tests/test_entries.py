@@ -25,6 +25,18 @@ def test_a_good_entry_is_read_as_it_was_written():
     assert Entry.from_stream(fields(ts="1.795624547e15")).ts == TS  # a float from another language is fine
 
 
+def test_an_entry_read_from_the_stream_or_the_log_is_the_validated_model():
+    """`from_stream` and `unpack` build entries without validating twice: they must be the same model."""
+    read = Entry.from_stream(fields(data='{"a": 1}', trunc="99", inst="0123456789abcdef"))
+    validated = Entry(run="r-1", seq=3, ts=TS, kind="line", data='{"a": 1}', trunc=99, inst="0123456789abcdef")
+    unpacked = Entry.unpack("r-1/0123456789abcdef", 3, read.pack())
+    for entry in (read, unpacked):
+        assert entry == validated and hash(entry) == hash(validated)
+        assert entry.model_dump() == validated.model_dump() and entry.model_dump_json() == validated.model_dump_json()
+        with pytest.raises(ValueError):
+            entry.seq = 4  # frozen, like the validated model
+
+
 @pytest.mark.parametrize("change, reason", [
     ({"v": None}, "v: missing"),
     ({"v": "2"}, "v: entry format version '2' is not one this back end reads ('1')"),

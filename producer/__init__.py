@@ -332,7 +332,14 @@ class Producer:
         }
         run = Run(self, run_id, parent=parent, inst=inst)
         with self._runs_lock:
+            # A run sent again under its inst (a turn shipped again after an attempt that failed
+            # midway) replaces the unfinished attempt: that one gets no end and no heartbeat.
+            superseded = [older for older in self._open_runs if older.inst == run.inst]
+            for older in superseded:
+                self._open_runs.discard(older)
             self._open_runs.add(run)
+        for older in superseded:
+            self._sender.retire(older)
         # taken past the queue cap
         run._submit(KIND_START, encode_json(self._cap_prompt(data)), None if ts is None else int(ts))
         return run

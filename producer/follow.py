@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from codex_langfuse.producer.entries import now_us
 from codex_langfuse.producer.importer import TurnShipper
 from codex_langfuse.producer.rollout_state import RolloutState
-from codex_langfuse.producer.rollouts import find_rollouts, read_lines
+from codex_langfuse.producer.rollouts import find_rollouts, is_rollout, read_lines
 from codex_langfuse.producer.rollout_turns import SplitterState, TurnSplitter
 from codex_langfuse.producer.watch import Changes, make_watcher
 
@@ -79,7 +79,8 @@ class Follower:
             for gone in set(self.files) - paths:
                 del self.files[gone]  # deleted or moved: a moved file is found by identity at its new path
         else:
-            paths = {path for path in changes.paths if path.name.startswith("rollout-")}
+            # named as `find_rollouts` finds them: not a `rollout-….tmp` another tool writes and renames
+            paths = {path for path in changes.paths if is_rollout(path)}
         paths |= {path for path, followed in self.files.items() if followed.splitter.state.turn is not None}
         for path in sorted(paths, key=lambda p: p.name):
             try:

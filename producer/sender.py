@@ -189,6 +189,9 @@ class Sender:
 
     def _after_fork(self) -> None:
         """In a forked child: start over with an empty queue; leave the parent's files to the parent."""
+        # The parent's Redis client is never closed or collected here: its pool's lock may have been
+        # held by another thread at the fork, and redis-py's cleanup in the child waits on it forever.
+        _inherited_clients.append((self._client, self._connection))
         inherited = (self._spool, self._adopted)
         closing = self._closing
         self._reset()
@@ -222,6 +225,11 @@ class Sender:
         finally:
             lock.release()
         return True
+
+    def retire(self, run) -> None:
+        """Take nothing more of `run` (a new start of its inst replaced it): no end, no heartbeat."""
+        with self._lock:
+            run._finished = True
 
     def put_lines(self, run, parts: list[tuple[str, bytes, int | None]], ts: int | list[int] | None = None) -> int:
         """Queue lines as `line` entries of `run`, in order. A part is (KIND_LINE, line as read,
@@ -426,7 +434,9 @@ class Sender:
             batch_bytes += size
             count = extra if kind == LINES else 1
             entries += count
-            seq = self._next_seqs.get(inst, 0)
+            # A start is seq 0, always: a run sent again under its inst (a turn shipped again after an
+            # attempt that failed midway) is numbered as the first time, so its entries are the same.
+            seq = 0 if kind == KIND_START else self._next_seqs.get(inst, 0)
             if kind == KIND_END:
                 self._next_seqs.pop(inst, None)  # nothing follows a run's end
             else:
@@ -701,6 +711,9 @@ def _lines(part: tuple) -> int:
 
 def _lines_of_item(item: tuple) -> int:
     return item[5] if item[2] == LINES else 1
+
+
+_inherited_clients: list[tuple[Any, Any]] = []  # see Sender._after_fork
 
 
 def _reset_senders_in_child() -> None:

@@ -216,3 +216,40 @@ def test_once_makes_one_pass_and_exits(stack, tmp_path):
     assert stack.cli("follow", str(root), "--once", "--state", str(state), timeout=GUARD).returncode == 0
     stack.wait(lambda: stack.settled([first, second]), GUARD, "the second turn on the next pass")
     assert stack.receiver.duplicates() == {}
+
+
+class RecordingShipper:
+    """Stands in for the TurnShipper: which file each turn was shipped from."""
+
+    def __init__(self):
+        self.shipped: list[tuple[str, str]] = []
+
+    def ship(self, path: Path, turn, header_us) -> int:
+        self.shipped.append((path.name, turn.run_id))
+        return 0
+
+    def settle(self) -> None:
+        pass
+
+
+def test_a_file_another_tool_writes_and_renames_is_not_a_rollout(tmp_path):
+    """A `rollout-….tmp` written then renamed over the session (an editor, a sync tool, the test
+    above): shipping from it raced the rename, and the turn went out twice."""
+    from codex_langfuse.producer.follow import Follower
+    from codex_langfuse.producer.rollout_state import RolloutState
+    from codex_langfuse.producer.watch import Changes
+
+    root = tmp_path / "sessions"
+    root.mkdir()
+    shipper = RecordingShipper()
+    follower = Follower([root], shipper, RolloutState(tmp_path / "state.sqlite3"), idle_seconds=IDLE,
+                        prefer_inotify=False)
+    follower.step(Changes(rescan=True))  # the first pass scans
+    session = Session(root)
+    session.write_until(None)
+    temporary = session.path.with_suffix(".tmp")
+    temporary.write_bytes(session.path.read_bytes())
+    follower.step(Changes({temporary, session.path}))  # what the watcher reports
+    follower.step(Changes(rescan=True))
+    assert {name for name, _ in shipper.shipped} == {session.path.name}
+    assert len(shipper.shipped) == len(session.turns()) == 2

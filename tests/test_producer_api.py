@@ -476,3 +476,23 @@ def test_a_history_sent_again_keeps_its_inst_and_an_invalid_inst_is_refused(make
         producer.start_run(run_id="r", inst="not/an inst")
     assert producer.close(10)
     assert {entry["inst"] for entry in stream_entries(fake_server)} == {again[0].inst}
+
+
+def test_a_run_sent_again_after_an_attempt_that_failed_midway_is_numbered_as_the_first_time(
+        make_producer, fake_server):
+    """`follow` ships a turn, the file goes away under it (the attempt raises, the run never
+    finished) and the turn is shipped again: its entries must be the first attempt's, seq for seq,
+    or its observations get other ids than `import` and `verify` give them."""
+    producer = make_producer()
+    inst = replayed_instance_id("codex:t:1")
+    first = producer.start_run(run_id="codex:t:1", inst=inst, ts=1_795_000_000_000_000)
+    first.emit_recorded([(b'{"a": 1}', 1_795_000_000_000_001)])  # then the attempt raised
+    second = producer.start_run(run_id="codex:t:1", inst=inst, ts=1_795_000_000_000_000)
+    second.emit_recorded([(b'{"a": 1}', 1_795_000_000_000_001), (b'{"b": 2}', 1_795_000_000_000_002)])
+    second.finish(None, ts=1_795_000_000_000_003)
+    assert producer.close(10)
+    sent = [(e["seq"], e["kind"], e["data"]) for e in stream_entries(fake_server)]
+    first_attempt, retry = sent[:2], sent[2:]
+    assert [seq for seq, _, _ in first_attempt] == [0, 1]
+    assert [(seq, kind) for seq, kind, _ in retry] == [(0, "start"), (1, "line"), (2, "line"), (3, "end")]
+    assert first_attempt == retry[:2]  # the same entries: filed once by the back end

@@ -217,6 +217,51 @@ def test_fork_child_delivers_its_own_entries_and_not_the_parents_queue(redis_ser
     assert {key: n for key, n in counts.items() if key[0] == "parent-run"} == {("parent-run", seq): 1 for seq in range(22)}
 
 
+def test_a_child_forked_while_the_redis_client_is_busy_does_not_hang(redis_server, tmp_path):
+    """A fork while another thread holds the Redis client's pool lock (here held on purpose): the
+    child's copy of that lock stays held forever, and closing the parent's client there waits on
+    it. The child must leave that client alone and make its own."""
+    producer = Producer(redis_url=redis_server.url, spool_dir=tmp_path)
+    first = producer.start_run(run_id="before-fork")
+    first.finish(0)
+    assert producer.flush(HANG_GUARD)
+    pool = producer._sender._client.connection_pool
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # what the sender thread in the middle of a command may hold at the fork
+        with pool._lock:
+            held.set()
+            release.wait(HANG_GUARD)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(HANG_GUARD)
+    child_pid = os.fork()
+    if child_pid == 0:
+        status = 1
+        try:
+            child_run = producer.start_run(run_id="after-fork")
+            child_run.finish(0)
+            status = 0 if producer.close(20) else 3
+        finally:
+            os._exit(status)
+    release.set()
+    holder.join()
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        pid, wait_status = os.waitpid(child_pid, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        os.waitpid(child_pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert {e["run"] for e in stream_entries(redis_server)} == {"before-fork", "after-fork"}
+    assert producer.close(10)
+
+
 LEAVE_SPOOLS = textwrap.dedent("""
     import os, sys
     from codex_langfuse.producer import Producer

@@ -48,10 +48,6 @@ class Span:
 Item = Union[Span, dict[str, Any]]
 
 
-def is_span(item: Item) -> bool:
-    return isinstance(item, Span) or "spanId" in item
-
-
 def slot(item: Item) -> str:
     if isinstance(item, Span):
         return item.span_id

@@ -169,14 +169,14 @@ def advance_runs(ctx: WorkerContext, runs: list[str], summary: Summary, handover
         pending = []
     finally:
         if pending:  # an error before they were committed: let them go, another job takes over
-            release(ctx, [(t.run, t.token, (step.state or t.state or new_state(t.run)).next_seq)
-                          for t, step in pending])
+            release(ctx, [(t.run, t.token) for t, _ in pending])
 
 
-def release(ctx: WorkerContext, runs: list[tuple[str, str, int]]) -> None:
+def release(ctx: WorkerContext, runs: list[tuple[str, str]]) -> None:
+    """Let these runs (run, lease token) go, without asking what waits for them."""
     with ctx.redis.pipeline(transaction=False) as pipe:
-        for run, token, next_seq in runs:
-            ctx.store.finish(pipe, run, token, next_seq, False)
+        for run, token in runs:
+            ctx.store.finish(pipe, run, token, -1, False)
         pipe.execute()
 
 
@@ -243,7 +243,7 @@ def deliver_runs(ctx: WorkerContext, live: list[tuple[Taken, Step, RunState]],
             answers = pipe.execute()[first:]
     except Exception:
         # Let them go and wake them for when RQ tries the job again; the leases would expire anyway.
-        release(ctx, [(t.run, t.token, state.next_seq) for t, _, state in live])
+        release(ctx, [(t.run, t.token) for t, _, _ in live])
         store.wake([t.run for t, _, _ in live], time.time() + JOB_RETRY.intervals[0], time.time())
         raise
     settlement.after(ctx)
@@ -443,12 +443,12 @@ def step_failed(ctx: WorkerContext, run: str, token: str, error: Exception, summ
         log.error("run %s: its step failed (attempt %d of %d): %s", run, failures, JOB_ATTEMPTS, _error(error),
                   exc_info=error)
         summary["step_retries"] = summary.get("step_retries", 0) + 1
-        release(ctx, [(run, token, -1)])
+        release(ctx, [(run, token)])
         schedule_runs(store, ctx.queue, [run], time.time() + JOB_RETRY.intervals[failures - 1], "step retry")
         return
     give_up(ctx, run, error, failures)
     summary["set_aside"] = summary.get("set_aside", 0) + 1
-    release(ctx, [(run, token, -1)])
+    release(ctx, [(run, token)])
 
 
 def give_up(ctx: WorkerContext, run_id: str, error: Exception, failures: int) -> None:

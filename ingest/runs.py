@@ -31,15 +31,6 @@ from codex_langfuse.ingest.lease import RENEW, LeaseLost
 from codex_langfuse.producer.entries import trace_id
 
 @dataclass
-class Waiting:
-    """What a fold step takes from a run's books: entries in sequence from `next_seq` on, and
-    conflicts (entries filed again under a folded or filed sequence number, with other data)."""
-
-    entries: list[Entry] = field(default_factory=list)
-    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> sample
-
-
-@dataclass
 class DeliveryState:
     attempts: int = 0
     first_failure: float | None = None
@@ -408,7 +399,8 @@ class RunStore:
                   *args)
 
     def finish(self, pipe: Any, run: str, token: str, next_seq: int, closed: bool) -> None:
-        """Let a run go (in `pipe`; its answer: [1 when its next entry waits, items left in its outbox])."""
+        """Let a run go (in `pipe`; its answer: [1 when its next entry waits, items left in its
+        outbox]). `next_seq` -1: nobody asks whether an entry waits."""
         k = self.keys
         pipe.eval(_FINISH, 5, k.lease(run), k.log(run), k.outbox(run), k.active, k.backlog, token, run, next_seq,
                   1 if closed else 0)

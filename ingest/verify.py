@@ -17,7 +17,6 @@ the missing observations are sent. Scores are re-sent with their stable ids (the
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -172,11 +171,3 @@ class Verifier:
         check.healed = True
 
 
-def wait_settled(store: RunStore, run_ids: list[str], timeout: float) -> bool:
-    """Whether the re-sent runs were folded and delivered within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(store.in_progress(run) or not store.closed(run) for run in run_ids):
-            return True
-        time.sleep(0.5)
-    return False

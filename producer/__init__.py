@@ -333,8 +333,9 @@ class Producer:
         run = Run(self, run_id, parent=parent, inst=inst)
         with self._runs_lock:
             # A run sent again under its inst (a turn shipped again after an attempt that failed
-            # midway) replaces the unfinished attempt: that one gets no end and no heartbeat.
-            superseded = [older for older in self._open_runs if older.inst == run.inst]
+            # midway) replaces the unfinished attempt: that one gets no end and no heartbeat. Only
+            # a given inst can repeat (a drawn one is random).
+            superseded = [older for older in self._open_runs if older.inst == inst] if inst else []
             for older in superseded:
                 self._open_runs.discard(older)
             self._open_runs.add(run)

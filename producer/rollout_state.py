@@ -102,8 +102,5 @@ class RolloutState:
             (identity, str(path), size, state, time.time()),
         )
 
-    def drop_checkpoint(self, identity: str) -> None:
-        self._db.execute("DELETE FROM checkpoints WHERE identity = ?", (identity,))
-
     def checkpoints(self) -> list[Checkpoint]:
         return [Checkpoint(*row) for row in self._db.execute("SELECT identity, path, size, state FROM checkpoints")]

@@ -300,15 +300,6 @@ class TurnSplitter:
             return self._close_open("abandoned", state.offset)
         return []
 
-    @property
-    def safe_offset(self) -> int:
-        """Where a later pass must start reading so that no open or pending turn loses a record."""
-        state = self.state
-        if state.turn is not None:
-            return state.turn.start
-        if state.pending_start is not None:
-            return state.pending_start
-        return state.offset
 
 
 def split_file(path: Path, now_us: int, idle_us: int, state: SplitterState | None = None,

@@ -95,6 +95,13 @@ def spans(stack, run_id: str) -> list[str]:
     return [span.span_id for span in stack.receiver.spans(trace_id(run_id))]
 
 
+def assert_each_span_once(stack, expected: dict[str, set[str]]) -> None:
+    """Each run's trace holds exactly the spans the mapping makes of its turn, none twice."""
+    for run, ids in expected.items():
+        assert sorted(spans(stack, run)) == sorted(ids)
+    assert stack.receiver.duplicates() == {}
+
+
 @pytest.mark.parametrize("mode", ["inotify", "polling"])
 def test_a_turn_is_sent_once_complete_and_restarts_lose_nothing(stack, tmp_path, mode):
     stack.start("dispatch")
@@ -122,9 +129,7 @@ def test_a_turn_is_sent_once_complete_and_restarts_lose_nothing(stack, tmp_path,
     follow(stack, root, state, "follow-3", *extra)
     expected = session.turns()
     stack.wait(lambda: stack.settled(expected), GUARD, "the second turn")
-    for run, ids in expected.items():
-        assert sorted(spans(stack, run)) == sorted(ids)
-    assert stack.receiver.duplicates() == {}
+    assert_each_span_once(stack, expected)
 
 
 def test_rotation_moves_and_new_files(stack, tmp_path):
@@ -154,9 +159,7 @@ def test_rotation_moves_and_new_files(stack, tmp_path):
     third = other.turns()
     stack.wait(lambda: stack.settled(third), GUARD, "the new session's turn")
     time.sleep(1.0)  # room for a wrong re-send of the moved file to show (not a measurement)
-    for run, ids in {**both, **third}.items():
-        assert sorted(spans(stack, run)) == sorted(ids)
-    assert stack.receiver.duplicates() == {}
+    assert_each_span_once(stack, {**both, **third})
 
 
 def test_a_turn_silent_for_the_idle_timeout_is_sent_as_given_up(stack, tmp_path):
@@ -192,9 +195,7 @@ def test_while_redis_is_down_turns_wait_in_the_spool(stack, tmp_path):
     stack.redis_server.start()  # the same port
     expected = session.turns()
     stack.wait(lambda: stack.settled(expected), GUARD, "the spooled turns delivered")
-    for run, ids in expected.items():
-        assert sorted(spans(stack, run)) == sorted(ids)
-    assert stack.receiver.duplicates() == {}
+    assert_each_span_once(stack, expected)
 
 
 def test_once_makes_one_pass_and_exits(stack, tmp_path):

@@ -41,14 +41,6 @@ def stream_fields(run_id: str, entries: list[tuple[str, str | bytes]], **overrid
     return out
 
 
-def write_as_runner(stack, fields: list[dict[str, bytes]]) -> None:
-    stream = stack.settings().stream
-    with stack.runner_redis.pipeline(transaction=False) as pipe:
-        for entry in fields:
-            pipe.xadd(stream, entry)
-        pipe.execute()
-
-
 def expected_span_ids(run_id: str, fields: list[dict[str, bytes]]) -> dict[str, dict]:
     """What the pure mapping makes of the entries the dispatcher can file, encoded as a worker does."""
     entries = []
@@ -99,7 +91,7 @@ def test_the_hostile_runs_of_the_issue_are_delivered_with_the_bad_part_shown(sta
     written = {}
     for run_id, (entries, _) in ISSUE_RUNS.items():
         written[run_id] = stream_fields(run_id, entries)
-        write_as_runner(stack, written[run_id])
+        stack.xadd(written[run_id])
     stack.wait(lambda: stack.settled(ISSUE_RUNS), timeout=MINUTE, what="the hostile runs to be delivered")
     for run_id, (_, shown_by) in ISSUE_RUNS.items():
         received = {s.span_id: s for s in stack.receiver.spans(trace_id(run_id))}
@@ -125,15 +117,15 @@ def test_contract_breaches_are_poison_or_events_at_once(stack):
     # ts=inf on one entry: poisoned with its reason, and its run shows it and ends without waiting for it
     inf = stream_fields("ts-inf", [("start", START), *line_entries(LINES), ("end", END_OK)])
     inf[4][b"ts"] = b"inf"
-    write_as_runner(stack, inf)
+    stack.xadd(inf)
     # v=2: not a format this back end reads
-    write_as_runner(stack, stream_fields("version-2", [("start", START), ("end", END_OK)], v="2"))
+    stack.xadd(stream_fields("version-2", [("start", START), ("end", END_OK)], v="2"))
     # a sequence number filed again with other data (not a later run: its time is within the run)
-    write_as_runner(stack, stream_fields("dup-seq", [("start", START), *line_entries(LINES), ("end", END_OK)]))
+    stack.xadd(stream_fields("dup-seq", [("start", START), *line_entries(LINES), ("end", END_OK)]))
     stack.wait(lambda: stack.settled(["ts-inf", "dup-seq"]), timeout=MINUTE, what="the runs to be delivered")
     again = stream_fields("dup-seq", [("start", START), *line_entries(LINES)])[3]
     again[b"data"] = b'{"type":"item.completed","item":{"id":"x","type":"agent_message","text":"other"}}'
-    write_as_runner(stack, [again])
+    stack.xadd([again])
 
     poison = {fields[b"run"]: fields[b"_reason"].decode() for _, fields in stack.redis.xrange(stack.keys.poison)}
     assert poison[b"ts-inf"] == "invalid entry: ts: 'inf' is not a finite number"
@@ -180,7 +172,7 @@ def test_a_run_whose_fold_keeps_failing_is_dead_lettered_and_the_rest_delivered(
     stack.start("dispatch")
     stack.start("worker")
     fields = stream_fields("fold-fails", [("start", START), *line_entries(LINES), ("end", END_OK)])
-    write_as_runner(stack, fields)
+    stack.xadd(fields)
     stack.wait(lambda: stack.settled(["fold-fails"]), timeout=MINUTE, what="the run to be delivered")
     [letter] = DeadLetters(stack.redis, stack.keys).select(run_id="fold-fails")
     assert (letter.reason, letter.kind) == (FOLD_FAILED, "entries")

@@ -90,7 +90,7 @@ def test_an_entry_filed_again_with_other_data_is_kept_aside_shown_once_and_never
     assert not store.redis.exists(KEYS.conflicts("a"))
 
 
-def test_the_digest_leaves_out_who_sent_a_start_and_nothing_else(store):
+def test_the_digest_leaves_out_who_sent_a_start_and_nothing_else():
     start = entry("a", 0, kind="start", data='{"producer": "host-1", "model": "m"}')
     assert start.digest() == entry("a", 0, kind="start", data='{"model": "m", "producer": "host-2"}').digest()
     assert start.digest() != entry("a", 0, kind="start", data='{"model": "n", "producer": "host-1"}').digest()

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from codex_langfuse.ingest import safe_json
 from codex_langfuse.producer.entries import (
-    ENTRY_VERSION, F_DATA, F_INST, F_KIND, F_RUN, F_SEQ, F_TRUNC, F_TS, F_VERSION, is_valid_run_id,
+    ENTRY_VERSION, F_DATA, F_INST, F_KIND, F_RUN, F_SEQ, F_TRUNC, F_TS, F_VERSION, INST_PATTERN, is_valid_run_id,
 )
 
 # Times outside these are not microseconds since the epoch (seconds or nanoseconds by mistake, or junk).
@@ -37,8 +37,6 @@ MAX_SEQ = 10**9  # no run has a billion entries; beyond this a gap could not be 
 MAX_TRUNC = 2**53
 KIND_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # unknown kinds are folded as events; junk is not a kind
 MAX_NAME_CHARS = 1000  # trace name, user, session, model, ...: repeated on every span
-# What an `inst` may be: the producer sends 16 lowercase hex; anything key-safe is taken.
-INST_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The instance of entries that carry no `inst` (a producer that does not send one).
 NO_INST = "-"
 

@@ -99,6 +99,7 @@ def is_valid_run_id(run_id: object) -> bool:
     return isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id) is not None
 
 
+# What an `inst` may be: this producer sends 16 lowercase hex; the back end takes anything key-safe.
 INST_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 

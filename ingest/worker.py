@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from typing import Any
 
 import redis
 from rq import Worker
@@ -104,6 +105,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
     try:
         while not stop.is_set():
             worker = make_worker(settings, name, connection)
+            _stop_on_signals(stop, worker)
             started = time.monotonic()
             problem: Exception | None = None
             try:
@@ -112,7 +114,7 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
                 problem = exc  # from RQ's teardown, after its loop gave up
             # RQ's loop ends on a stop signal, in burst mode when the queue is empty, and on any
             # error (a lost Redis among them): only the first two are meant to end the worker.
-            if burst or worker._shutdown_requested_date is not None:
+            if burst or stop.is_set() or worker._shutdown_requested_date is not None:
                 return
             _stop_on_signals(stop)  # RQ's handlers need Redis; ours only set `stop`
             metrics.redis_reconnects.labels("worker").inc()
@@ -128,9 +130,17 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None,
         heartbeat.stop()
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event, worker: Worker | None = None) -> None:
+    """Until RQ's `work` installs its own handlers (after it started the scheduler process), a stop
+    signal sets `stop` and asks `worker`'s loop to end before its first job: else a signal in that
+    window went unheeded, and the worker and its scheduler outlived a SIGTERM."""
+    def on_signal(*_: Any) -> None:
+        stop.set()
+        if worker is not None:
+            worker._stop_requested = True
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
 
 
 def _forget(worker: Worker) -> None:
